@@ -1,0 +1,82 @@
+//! The one error type of the model crate: every variant names the file and,
+//! where there is one, the tensor or config field that was wrong.
+
+use std::path::PathBuf;
+
+/// Why a model could not be configured, loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: malformed JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: field `{field}`: {reason}")]
+    InvalidConfig {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+
+    #[error("{path}: unsupported model_type `{model_type}` (supported: qwen3, qwen2, llama)")]
+    UnknownModelType { path: PathBuf, model_type: String },
+
+    #[error("{path}: not a readable safetensors file: {source}")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    #[error("{path}: tensor `{tensor}` is missing")]
+    MissingTensor { path: PathBuf, tensor: String },
+
+    #[error("{path}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error("{path}: tensor `{tensor}` has unsupported dtype {dtype}")]
+    UnsupportedTensorDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+
+    #[error("{path}: tensor `{tensor}` data is {actual} bytes, expected {expected}")]
+    TensorSize {
+        path: PathBuf,
+        tensor: String,
+        expected: usize,
+        actual: usize,
+    },
+
+    #[error("{path}: no model.safetensors or model.safetensors.index.json")]
+    NoWeights { path: PathBuf },
+
+    #[error("token id {token} is outside the vocabulary (size {vocab_size})")]
+    TokenOutOfRange { token: u32, vocab_size: usize },
+
+    #[error("a sequence in the batch has no new tokens")]
+    EmptySequence,
+
+    #[error("cache has {cache_layers} layers but the model has {model_layers}")]
+    CacheMismatch {
+        cache_layers: usize,
+        model_layers: usize,
+    },
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

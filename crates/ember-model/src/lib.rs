@@ -1,0 +1,24 @@
+//! `ember-model`: the network. Qwen3, and the Llama and Qwen2 variants that
+//! share its code, implemented once in Burn and run on whatever `Device` the
+//! caller picks (flex CPU, wgpu, CUDA).
+//!
+//! This crate knows no tokenizer, no HTTP and no async: it maps token ids and
+//! caller-owned caches to logits.
+
+mod attention;
+pub mod config;
+pub mod error;
+mod kv_cache;
+mod linear;
+mod mlp;
+mod model;
+mod norm;
+pub mod rope;
+pub mod safetensors_source;
+pub mod weights;
+
+pub use burn::tensor::{DType, Device, Tensor};
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use model::{CausalLm, LogitsMode, SequenceInput};

@@ -1,0 +1,31 @@
+//! SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::linear::Linear;
+use crate::weights::Loader;
+
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn load(loader: &Loader<'_>, prefix: &str, c: &ModelConfig) -> Result<Self> {
+        let (h, i, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
+        Ok(Self {
+            gate_proj: Linear::load(loader, &format!("{prefix}.gate_proj"), h, i, bias)?,
+            up_proj: Linear::load(loader, &format!("{prefix}.up_proj"), h, i, bias)?,
+            down_proj: Linear::load(loader, &format!("{prefix}.down_proj"), i, h, bias)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}

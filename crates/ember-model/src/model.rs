@@ -1,0 +1,223 @@
+//! The causal language model: embeddings, decoder layers, final norm, head.
+//! One implementation for Qwen3, Qwen2 and Llama, on whatever Burn device the
+//! caller chose. The model holds no per-sequence state: caches are passed in.
+
+use std::path::Path;
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::attention::{Attention, SequenceSlice};
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::linear::Linear;
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::RotaryEmbedding;
+use crate::safetensors_source::SafetensorsSource;
+use crate::weights::{Loader, WeightSource};
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(loader: &Loader<'_>, prefix: &str, c: &ModelConfig) -> Result<Self> {
+        let eps = c.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: RmsNorm::load(loader, &format!("{prefix}.input_layernorm"), c.hidden_size, eps)?,
+            self_attn: Attention::load(loader, &format!("{prefix}.self_attn"), c)?,
+            post_attention_layernorm: RmsNorm::load(
+                loader,
+                &format!("{prefix}.post_attention_layernorm"),
+                c.hidden_size,
+                eps,
+            )?,
+            mlp: Mlp::load(loader, &format!("{prefix}.mlp"), c)?,
+        })
+    }
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Every input position (parity tests, prompt scoring).
+    All,
+    /// Only each sequence's last position (generation): skips the head on the rest.
+    Last,
+}
+
+/// One sequence of a batched forward pass: new tokens, continuing `cache`.
+pub struct SequenceInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// A loaded causal language model.
+pub struct CausalLm {
+    config: ModelConfig,
+    device: Device,
+    embed_tokens: Tensor<2>,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: RotaryEmbedding,
+}
+
+impl CausalLm {
+    /// Loads `config.json` and the safetensors weights of a Hugging Face directory.
+    pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let source = SafetensorsSource::open_dir(dir)?;
+        Self::load(config, &source, device, dtype)
+    }
+
+    /// Builds the network from any weight source, by Hugging Face key.
+    pub fn load(
+        config: ModelConfig,
+        source: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let loader = Loader {
+            source,
+            device,
+            dtype,
+        };
+        let c = &config;
+        let embed_tokens = loader.tensor("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&loader, &format!("model.layers.{i}"), c))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&loader, "model.norm", c.hidden_size, c.rms_norm_eps)?;
+        // A tied checkpoint has no lm_head.weight: the head reuses the embedding.
+        let lm_head = if c.tie_word_embeddings && !source.contains("lm_head.weight") {
+            Linear::from_weight(embed_tokens.clone(), None)
+        } else {
+            Linear::load(&loader, "lm_head", c.hidden_size, c.vocab_size, false)?
+        };
+        let rotary = RotaryEmbedding::new(c.rope.clone(), device, dtype);
+        Ok(Self {
+            device: device.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache shaped for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// One step over a batch of sequences: each sequence's new tokens continue
+    /// its cache (prefill of a prompt or a chunk of it, or one decode token).
+    /// Returns each sequence's logits, `[n, vocab]` in f32, where `n` is its
+    /// token count (`LogitsMode::All`) or 1 (`LogitsMode::Last`).
+    pub fn forward(&self, batch: &mut [SequenceInput<'_>], mode: LogitsMode) -> Result<Vec<Tensor<2>>> {
+        // 1. Flatten all new tokens and their positions into one row matrix.
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut slices = Vec::with_capacity(batch.len());
+        for seq in batch.iter_mut() {
+            if seq.tokens.is_empty() {
+                return Err(ModelError::EmptySequence);
+            }
+            if seq.cache.num_layers() != self.layers.len() {
+                return Err(ModelError::CacheMismatch {
+                    cache_layers: seq.cache.num_layers(),
+                    model_layers: self.layers.len(),
+                });
+            }
+            let start = ids.len();
+            let past = seq.cache.len();
+            for (i, &t) in seq.tokens.iter().enumerate() {
+                if t as usize >= self.config.vocab_size {
+                    return Err(ModelError::TokenOutOfRange {
+                        token: t,
+                        vocab_size: self.config.vocab_size,
+                    });
+                }
+                ids.push(i64::from(t));
+                positions.push(past + i);
+            }
+            slices.push(SequenceSlice {
+                rows: start..ids.len(),
+                cache: &mut *seq.cache,
+            });
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+
+        // 2. Embeddings and per-token rotary tables.
+        let mut hidden = self.embed_tokens.clone().select(0, ids);
+        let (cos, sin) = self.rotary.cos_sin(&positions);
+
+        // 3. Pre-norm decoder layers with residuals.
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = layer.self_attn.forward(
+                i,
+                layer.input_layernorm.forward(hidden.clone()),
+                &cos,
+                &sin,
+                &mut slices,
+            );
+            hidden = hidden + attn;
+            let mlp = layer.mlp.forward(layer.post_attention_layernorm.forward(hidden.clone()));
+            hidden = hidden + mlp;
+        }
+
+        // 4. Final norm and head, only on the rows whose logits are wanted.
+        let rows: Vec<_> = slices.iter().map(|s| s.rows.clone()).collect();
+        for s in &mut slices {
+            s.cache.advance(s.rows.len());
+        }
+        let hidden = match mode {
+            LogitsMode::All => hidden,
+            LogitsMode::Last => {
+                let last: Vec<i64> = rows.iter().map(|r| (r.end - 1) as i64).collect();
+                let count = last.len();
+                let index = Tensor::<1, Int>::from_data(TensorData::new(last, [count]), &self.device);
+                hidden.select(0, index)
+            }
+        };
+        let logits = self
+            .lm_head
+            .forward(self.norm.forward(hidden))
+            .cast(DType::F32);
+        Ok(match mode {
+            LogitsMode::All => rows.into_iter().map(|r| logits.clone().slice([r])).collect(),
+            LogitsMode::Last => (0..rows.len()).map(|i| logits.clone().slice([i..i + 1])).collect(),
+        })
+    }
+
+    /// Logits at every position of `tokens` from an empty cache (a full recompute).
+    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor<2>> {
+        let mut cache = self.new_cache();
+        let mut out = self.forward(
+            &mut [SequenceInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            LogitsMode::All,
+        )?;
+        out.pop().ok_or(ModelError::EmptySequence)
+    }
+}

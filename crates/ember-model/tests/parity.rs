@@ -1,0 +1,205 @@
+//! Golden parity against Hugging Face transformers (float32, eager attention).
+//! References come from `scripts/make_fixtures.py`; regenerate only with it.
+//!
+//! Each fixture is checked three ways: logits of a full recompute, the same
+//! logits through incremental decoding (prefill, then one token at a time, and
+//! chunked prefill), and 20 greedy tokens.
+
+use std::path::PathBuf;
+
+use ember_model::{CausalLm, DType, Device, KvCache, LogitsMode, SequenceInput, Tensor};
+use serde::Deserialize;
+
+/// Absolute logit tolerance in f32 (the reference's own f32-vs-f64 error is ~1e-6).
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Reference {
+    short: ShortReference,
+    long: Vec<LongReference>,
+    greedy: GreedyReference,
+}
+
+#[derive(Deserialize)]
+struct ShortReference {
+    prompt: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+struct LongReference {
+    prompt: Vec<u32>,
+    last_logits: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct GreedyReference {
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn load(name: &str) -> anyhow::Result<(CausalLm, Reference)> {
+    let dir = fixture_dir(name);
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let model = CausalLm::from_dir(&dir, &test_device(), DType::F32)?;
+    Ok((model, reference))
+}
+
+/// flex by default; `EMBER_TEST_DEVICE=wgpu` runs the same checks on wgpu.
+fn test_device() -> Device {
+    match std::env::var("EMBER_TEST_DEVICE").as_deref() {
+        #[cfg(feature = "test-wgpu")]
+        Ok("wgpu") => Device::wgpu(Default::default()),
+        Ok(other) if other != "flex" => panic!("EMBER_TEST_DEVICE={other} is not built into this test"),
+        _ => Device::flex(),
+    }
+}
+
+fn rows(t: Tensor<2>) -> anyhow::Result<Vec<Vec<f32>>> {
+    let [n, v] = t.dims();
+    let flat: Vec<f32> = t.into_data().try_to_vec()?;
+    Ok((0..n).map(|i| flat[i * v..(i + 1) * v].to_vec()).collect())
+}
+
+fn assert_close(what: &str, actual: &[f32], expected: &[f32]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let (worst, at) = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs())
+        .enumerate()
+        .fold((0.0f32, 0), |(w, at), (i, d)| if d > w || d.is_nan() { (d, i) } else { (w, at) });
+    assert!(
+        worst <= TOLERANCE,
+        "{what}: max |diff| {worst} at index {at} (got {}, want {})",
+        actual[at],
+        expected[at]
+    );
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn step(model: &CausalLm, cache: &mut KvCache, tokens: &[u32], mode: LogitsMode) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut out = model.forward(&mut [SequenceInput { tokens, cache }], mode)?;
+    rows(out.pop().ok_or_else(|| anyhow::anyhow!("no logits"))?)
+}
+
+fn full_recompute_matches(name: &str) -> anyhow::Result<()> {
+    let (model, r) = load(name)?;
+    let got = rows(model.logits(&r.short.prompt)?)?;
+    for (i, (g, e)) in got.iter().zip(&r.short.logits).enumerate() {
+        assert_close(&format!("{name} short position {i}"), g, e);
+    }
+    for long in &r.long {
+        let got = rows(model.logits(&long.prompt)?)?;
+        let last = got.last().ok_or_else(|| anyhow::anyhow!("no rows"))?;
+        assert_close(&format!("{name} long prompt of {}", long.prompt.len()), last, &long.last_logits);
+    }
+    Ok(())
+}
+
+fn incremental_matches(name: &str) -> anyhow::Result<()> {
+    let (model, r) = load(name)?;
+    // Prefill one token, then decode the rest one at a time.
+    let mut cache = model.new_cache();
+    for (i, &t) in r.short.prompt.iter().enumerate() {
+        let got = step(&model, &mut cache, &[t], LogitsMode::Last)?;
+        assert_close(&format!("{name} decode position {i}"), &got[0], &r.short.logits[i]);
+    }
+    // Chunked prefill of a long prompt: chunks of 7 over a growing cache.
+    for long in &r.long {
+        let mut cache = model.new_cache();
+        let mut last = Vec::new();
+        for chunk in long.prompt.chunks(7) {
+            last = step(&model, &mut cache, chunk, LogitsMode::All)?;
+        }
+        assert_eq!(cache.len(), long.prompt.len());
+        let got = last.last().ok_or_else(|| anyhow::anyhow!("no rows"))?;
+        assert_close(&format!("{name} chunked prefill of {}", long.prompt.len()), got, &long.last_logits);
+    }
+    Ok(())
+}
+
+fn greedy_matches(name: &str) -> anyhow::Result<()> {
+    let (model, r) = load(name)?;
+    // Incremental: prefill the prompt, then feed back each token.
+    let mut cache = model.new_cache();
+    let mut next = argmax(&step(&model, &mut cache, &r.greedy.prompt, LogitsMode::Last)?[0]);
+    let mut incremental = vec![next];
+    while incremental.len() < r.greedy.tokens.len() {
+        next = argmax(&step(&model, &mut cache, &[next], LogitsMode::Last)?[0]);
+        incremental.push(next);
+    }
+    assert_eq!(incremental, r.greedy.tokens, "{name}: incremental greedy tokens");
+
+    // Full recompute at every step.
+    let mut ids = r.greedy.prompt.clone();
+    for _ in 0..r.greedy.tokens.len() {
+        let logits = rows(model.logits(&ids)?)?;
+        ids.push(argmax(logits.last().ok_or_else(|| anyhow::anyhow!("no rows"))?));
+    }
+    assert_eq!(&ids[r.greedy.prompt.len()..], r.greedy.tokens, "{name}: recomputed greedy tokens");
+    Ok(())
+}
+
+macro_rules! parity_tests {
+    ($($module:ident => $fixture:literal),* $(,)?) => {$(
+        mod $module {
+            #[test]
+            fn full_recompute_logits_match_reference() -> anyhow::Result<()> {
+                super::full_recompute_matches($fixture)
+            }
+            #[test]
+            fn incremental_logits_match_reference() -> anyhow::Result<()> {
+                super::incremental_matches($fixture)
+            }
+            #[test]
+            fn greedy_tokens_match_reference() -> anyhow::Result<()> {
+                super::greedy_matches($fixture)
+            }
+        }
+    )*};
+}
+
+parity_tests! {
+    qwen3_tied => "qwen3-tiny",
+    qwen3_yarn => "qwen3-yarn-tiny",
+    llama => "llama-tiny",
+    qwen2_biases => "qwen2-tiny",
+}
+
+#[test]
+fn batched_sequences_match_their_solo_logits() -> anyhow::Result<()> {
+    let (model, r) = load("qwen3-tiny")?;
+    let a = &r.long[0].prompt;
+    let b = &r.short.prompt;
+    let (mut ca, mut cb) = (model.new_cache(), model.new_cache());
+    let out = model.forward(
+        &mut [
+            SequenceInput { tokens: a, cache: &mut ca },
+            SequenceInput { tokens: b, cache: &mut cb },
+        ],
+        LogitsMode::Last,
+    )?;
+    let mut out = out.into_iter();
+    let got_a = rows(out.next().ok_or_else(|| anyhow::anyhow!("missing a"))?)?;
+    let got_b = rows(out.next().ok_or_else(|| anyhow::anyhow!("missing b"))?)?;
+    assert_close("batched long", &got_a[0], &r.long[0].last_logits);
+    assert_close("batched short", &got_b[0], r.short.logits.last().map(Vec::as_slice).unwrap_or(&[]));
+    Ok(())
+}

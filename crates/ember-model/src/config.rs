@@ -102,9 +102,22 @@ impl ModelConfig {
 
     /// Validates config JSON text; `path` is only used to name the file in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| ModelError::Json {
-            path: path.to_owned(),
-            source,
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let source = e.into_inner();
+            if source.is_data() {
+                ModelError::FieldType {
+                    path: path.to_owned(),
+                    field,
+                    source,
+                }
+            } else {
+                ModelError::Json {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         Validator { path }.validate(raw)
     }
@@ -253,7 +266,7 @@ impl Validator<'_> {
 }
 
 /// An id or a list of ids, as `eos_token_id` may be written; `None` for anything else.
-pub(crate) fn token_ids(value: Option<&Value>) -> Option<Vec<u32>> {
+pub fn token_ids(value: Option<&Value>) -> Option<Vec<u32>> {
     let as_id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
     match value {
         None | Some(Value::Null) => Some(Vec::new()),

@@ -6,16 +6,24 @@ use std::path::PathBuf;
 /// Why a model could not be configured, loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("{path}: malformed JSON: {source}")]
+    #[error("{path}: malformed JSON")]
     Json {
         path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: field `{field}` is malformed")]
+    FieldType {
+        path: PathBuf,
+        field: String,
         #[source]
         source: serde_json::Error,
     },
@@ -30,7 +38,7 @@ pub enum ModelError {
     #[error("{path}: unsupported model_type `{model_type}` (supported: qwen3, qwen2, llama)")]
     UnknownModelType { path: PathBuf, model_type: String },
 
-    #[error("{path}: not a readable safetensors file: {source}")]
+    #[error("{path}: not a readable safetensors file")]
     Safetensors {
         path: PathBuf,
         #[source]

@@ -1,0 +1,183 @@
+//! `ember generate` as outside checks run it: the JSON contract on every
+//! fixture, and clear, non-panicking errors for broken model directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+use safetensors::tensor::TensorView;
+use serde::Deserialize;
+
+const FIXTURES: [&str; 4] = ["qwen3-tiny", "qwen3-yarn-tiny", "llama-tiny", "qwen2-tiny"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn ember(args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_ember")).args(args).output()?)
+}
+
+#[derive(Deserialize)]
+struct Greedy {
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    greedy: Greedy,
+}
+
+#[derive(Deserialize)]
+struct GenerateJson {
+    prompt_ids: Vec<u32>,
+    token_ids: Vec<u32>,
+    text: Option<String>,
+}
+
+#[test]
+fn json_contract_gives_reference_greedy_tokens() -> anyhow::Result<()> {
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let reference: Reference =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+        let ids: Vec<String> = reference.greedy.prompt.iter().map(u32::to_string).collect();
+        let out = ember(&[
+            "generate", "--model", dir.to_str().unwrap_or_default(),
+            "--prompt-ids", &ids.join(","), "--max-tokens", "20", "--temperature", "0", "--json",
+        ])?;
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout)?;
+        let last = stdout.lines().last().unwrap_or_default();
+        let parsed: GenerateJson = serde_json::from_str(last)?;
+        assert_eq!(parsed.prompt_ids, reference.greedy.prompt, "{name}");
+        assert_eq!(parsed.token_ids, reference.greedy.tokens, "{name}");
+        assert_eq!(parsed.text, None, "{name}: no tokenizer, so text is null");
+    }
+    Ok(())
+}
+
+/// A copy of a fixture to break.
+fn broken_copy() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("qwen3-tiny").join(file), dir.path().join(file))?;
+    }
+    Ok(dir)
+}
+
+/// Rewrites model.safetensors, letting `edit` drop or replace tensors.
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl Fn(&str, TensorView<'_>) -> Option<(Vec<usize>, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path)?;
+    let tensors = SafeTensors::deserialize(&bytes)?;
+    let mut kept = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let dtype = view.dtype();
+        if let Some((shape, data)) = edit(&name, view) {
+            kept.push((name, dtype, shape, data));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = kept
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+        .collect::<anyhow::Result<_>>()?;
+    safetensors::serialize_to_file(views, None, &path)?;
+    Ok(())
+}
+
+fn keep(_: &str, v: TensorView<'_>) -> Option<(Vec<usize>, Vec<u8>)> {
+    Some((v.shape().to_vec(), v.data().to_vec()))
+}
+
+/// Runs generate on `dir` and returns stderr, asserting failure without a panic.
+fn failing_generate(dir: &Path) -> anyhow::Result<String> {
+    let out = ember(&["generate", "--model", dir.to_str().unwrap_or_default(), "--prompt-ids", "1,2"])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "a clean error exit, not a panic: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(stderr)
+}
+
+#[test]
+fn missing_weights_file_is_named() -> anyhow::Result<()> {
+    let dir = broken_copy()?;
+    std::fs::remove_file(dir.path().join("model.safetensors"))?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("model.safetensors"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn truncated_weights_file_is_named() -> anyhow::Result<()> {
+    let dir = broken_copy()?;
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path)?;
+    std::fs::write(&path, &bytes[..bytes.len() / 2])?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("model.safetensors"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn wrong_shape_names_file_and_tensor() -> anyhow::Result<()> {
+    let dir = broken_copy()?;
+    rewrite_weights(dir.path(), |name, v| {
+        if name == "model.layers.1.mlp.up_proj.weight" {
+            let [out, inp] = [v.shape()[0], v.shape()[1]];
+            Some((vec![inp, out], v.data().to_vec()))
+        } else {
+            keep(name, v)
+        }
+    })?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("model.safetensors") && err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
+    assert!(err.contains("expected [160, 64]"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn missing_tensor_names_file_and_tensor() -> anyhow::Result<()> {
+    let dir = broken_copy()?;
+    rewrite_weights(dir.path(), |name, v| (name != "model.layers.0.self_attn.q_norm.weight").then(|| keep(name, v)).flatten())?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("model.safetensors") && err.contains("model.layers.0.self_attn.q_norm.weight"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn unknown_model_type_is_named() -> anyhow::Result<()> {
+    let dir = broken_copy()?;
+    let config = std::fs::read_to_string(dir.path().join("config.json"))?;
+    std::fs::write(dir.path().join("config.json"), config.replace("\"qwen3\"", "\"mamba\""))?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("config.json") && err.contains("mamba"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn malformed_config_is_named() -> anyhow::Result<()> {
+    let dir = broken_copy()?;
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"qwen3\", \"hidden_size\": ")?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("config.json") && err.contains("malformed JSON"), "{err}");
+
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"qwen3\", \"hidden_size\": \"big\"}")?;
+    let err = failing_generate(dir.path())?;
+    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn token_outside_vocabulary_is_an_error() -> anyhow::Result<()> {
+    let out = ember(&["generate", "--model", fixture("qwen3-tiny").to_str().unwrap_or_default(), "--prompt-ids", "99999"])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("99999") && stderr.contains("vocabulary"), "{stderr}");
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ember_model::ModelError),
+
+    #[error("{path}: cannot load tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+
+    #[error("invalid sampling parameter `{field}`: {reason}")]
+    InvalidParameter { field: &'static str, reason: String },
+
+    #[error("cannot read logits from the device: {0}")]
+    ReadLogits(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -166,9 +166,41 @@ def make(name, spec, seed):
     print(f"{name}: greedy margin {margin:.3f}, f32-vs-f64 {f64_error:.2e}, prompt attempts {attempt + 1}")
 
 
+TOKENIZER_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Ember serves Qwen3 models behind an OpenAI-compatible API.",
+    "Paris is the capital of France; Berlin is the capital of Germany.",
+    "Rust, Burn and Hugging Face tokenizers work together here.",
+] * 50
+TOKENIZER_TEXTS = ["Hello, Ember!", "The capital of France is Paris.", "naïve café 東京 🙂"]
+
+
+def make_tokenizer(name):
+    """A byte-level BPE of the fixture's vocabulary size, with the reference
+    encodings of a few texts (ASCII, accents, CJK, emoji) for the Rust side."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    vocab = FIXTURES[name]["config"]["vocab_size"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab - 1, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TOKENIZER_CORPUS, trainer)
+    tok.add_special_tokens(["<|im_end|>"])  # id vocab-1 = eos_token_id
+    out = ROOT / name
+    tok.save(str(out / "tokenizer.json"))
+    reference = json.loads((out / "reference.json").read_text())
+    reference["tokenizer"] = [
+        {"text": t, "ids": tok.encode(t).ids, "decoded": tok.decode(tok.encode(t).ids)} for t in TOKENIZER_TEXTS
+    ]
+    (out / "reference.json").write_text(json.dumps(reference) + "\n")
+
+
 def main():
     for i, (name, spec) in enumerate(FIXTURES.items()):
         make(name, spec, seed=1234 + i)
+    make_tokenizer("qwen3-tiny")
 
 
 if __name__ == "__main__":

@@ -53,8 +53,52 @@ fn json_contract_gives_reference_greedy_tokens() -> anyhow::Result<()> {
         let parsed: GenerateJson = serde_json::from_str(last)?;
         assert_eq!(parsed.prompt_ids, reference.greedy.prompt, "{name}");
         assert_eq!(parsed.token_ids, reference.greedy.tokens, "{name}");
-        assert_eq!(parsed.text, None, "{name}: no tokenizer, so text is null");
+        let has_tokenizer = dir.join("tokenizer.json").is_file();
+        assert_eq!(parsed.text.is_some(), has_tokenizer, "{name}: text is null without a tokenizer");
     }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct TokenizerCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct TokenizerReference {
+    tokenizer: Vec<TokenizerCase>,
+}
+
+#[test]
+fn text_prompt_is_tokenized_and_answer_decoded() -> anyhow::Result<()> {
+    let dir = fixture("qwen3-tiny");
+    let reference: TokenizerReference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let case = &reference.tokenizer[1];
+    let out = ember(&[
+        "generate", "--model", dir.to_str().unwrap_or_default(),
+        "--prompt", &case.text, "--max-tokens", "5", "--json",
+    ])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout)?;
+    let parsed: GenerateJson = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    assert_eq!(parsed.prompt_ids, case.ids);
+    assert!(!parsed.token_ids.is_empty() && parsed.token_ids.len() <= 5);
+    assert!(parsed.text.is_some());
+
+    // Without --json the answer streams as text and the run still succeeds.
+    let out = ember(&["generate", "--model", dir.to_str().unwrap_or_default(), "--prompt", &case.text, "--max-tokens", "5"])?;
+    assert!(out.status.success());
+    Ok(())
+}
+
+#[test]
+fn text_prompt_without_tokenizer_is_a_clear_error() -> anyhow::Result<()> {
+    let out = ember(&["generate", "--model", fixture("llama-tiny").to_str().unwrap_or_default(), "--prompt", "hi"])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tokenizer.json"), "{stderr}");
     Ok(())
 }
 

@@ -77,6 +77,9 @@ pub enum ModelError {
     #[error("token id {token} is outside the vocabulary (size {vocab_size})")]
     TokenOutOfRange { token: u32, vocab_size: usize },
 
+    #[error("the {device} device does not support dtype {dtype}")]
+    UnsupportedDtype { dtype: String, device: String },
+
     #[error("a sequence in the batch has no new tokens")]
     EmptySequence,
 

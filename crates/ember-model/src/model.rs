@@ -82,6 +82,12 @@ impl CausalLm {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        if !device.supports_dtype(dtype) {
+            return Err(ModelError::UnsupportedDtype {
+                dtype: format!("{dtype:?}"),
+                device: format!("{device:?}"),
+            });
+        }
         let loader = Loader {
             source,
             device,

@@ -255,34 +255,41 @@ impl RotaryEmbedding {
         }
     }
 
+    /// Tables covering at least positions `0..end`, doubling so growth is rare.
+    fn build(&self, end: usize, seq_len: usize) -> Tables {
+        let len = end.next_power_of_two().max(64);
+        let (cos, sin) = self.config.tables(len, seq_len);
+        let shape = [len, self.config.head_dim];
+        let opts = (&self.device, self.dtype);
+        Tables {
+            len,
+            seq_len,
+            cos: Tensor::from_data(TensorData::new(cos, shape), opts),
+            sin: Tensor::from_data(TensorData::new(sin, shape), opts),
+        }
+    }
+
     /// cos and sin rows (`[n, head_dim]`) for the given positions.
     pub fn cos_sin(&self, positions: &[usize]) -> (Tensor<2>, Tensor<2>) {
         let end = positions.iter().copied().max().map_or(1, |p| p + 1);
+        // Only dynamic NTK frequencies depend on the length, and only past the window.
         let seq_len = match self.config.scaling {
-            RopeScaling::Dynamic { .. } => end,
+            RopeScaling::Dynamic {
+                max_position_embeddings,
+                ..
+            } => end.max(max_position_embeddings),
             _ => 0,
         };
         // A poisoned lock only means another call panicked mid-build; the
         // tables are rebuilt below whenever they do not fit.
         let mut guard = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = guard
-            .as_ref()
-            .is_some_and(|t| t.len >= end && t.seq_len == seq_len);
-        if !fits {
-            let len = end.next_power_of_two().max(64);
-            let (cos, sin) = self.config.tables(len, seq_len);
-            let shape = [len, self.config.head_dim];
-            let opts = (&self.device, self.dtype);
-            *guard = Some(Tables {
-                len,
-                seq_len,
-                cos: Tensor::from_data(TensorData::new(cos, shape), opts),
-                sin: Tensor::from_data(TensorData::new(sin, shape), opts),
-            });
-        }
-        let tables = guard.as_ref().map(|t| (t.cos.clone(), t.sin.clone()));
+        let tables = match guard.take() {
+            Some(t) if t.len >= end && t.seq_len == seq_len => t,
+            _ => self.build(end, seq_len),
+        };
+        let (cos, sin) = (tables.cos.clone(), tables.sin.clone());
+        *guard = Some(tables);
         drop(guard);
-        let (cos, sin) = tables.unwrap_or_else(|| unreachable!("tables were just built"));
         let index: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
         let index = Tensor::<1, Int>::from_data(TensorData::new(index, [positions.len()]), &self.device);
         (cos.select(0, index.clone()), sin.select(0, index))

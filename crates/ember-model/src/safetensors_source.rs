@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::TensorData;
 use half::{bf16, f16};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
 use crate::error::{ModelError, Result};
@@ -168,7 +168,7 @@ impl WeightSource for SafetensorsSource {
             });
         }
         let shape = info.shape.clone();
-        Ok(match info.dtype {
+        let data = match info.dtype {
             Dtype::F32 => TensorData::new(
                 bytes
                     .chunks_exact(4)
@@ -183,6 +183,7 @@ impl WeightSource for SafetensorsSource {
                     .collect::<Vec<f16>>(),
                 shape,
             ),
+            // BF16: the only dtype left after the size check above.
             _ => TensorData::new(
                 bytes
                     .chunks_exact(2)
@@ -190,6 +191,17 @@ impl WeightSource for SafetensorsSource {
                     .collect::<Vec<bf16>>(),
                 shape,
             ),
-        })
+        };
+        // The pages just copied are not needed again: drop them from this
+        // process so peak memory is the model plus one tensor, not the model
+        // plus the whole file. Purely advisory, so a failure is ignored.
+        // SAFETY: the mapping is read-only and file-backed; after DONTNEED a
+        // later read of the range faults the same bytes back in from the file,
+        // and no slice into the range outlives this function.
+        let _ = unsafe {
+            file.mmap
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, file.data_start + start, end - start)
+        };
+        Ok(data)
     }
 }

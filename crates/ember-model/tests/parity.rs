@@ -203,3 +203,31 @@ fn batched_sequences_match_their_solo_logits() -> anyhow::Result<()> {
     assert_close("batched short", &got_b[0], r.short.logits.last().map(Vec::as_slice).unwrap_or(&[]));
     Ok(())
 }
+
+/// f16 and bf16 weights and activations stay near the f32 reference: the
+/// dtype conversion at load and the f32 RMSNorm statistics work end to end.
+#[test]
+fn reduced_precision_stays_near_reference() -> anyhow::Result<()> {
+    let dir = fixture_dir("qwen3-tiny");
+    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    // Tolerances from the formats' precision (f16: 11-bit, bf16: 8-bit mantissa)
+    // over two layers, against logits of magnitude ~2.
+    for (dtype, tolerance) in [(DType::F16, 0.01f32), (DType::BF16, 0.06)] {
+        let device = test_device();
+        if !device.supports_dtype(dtype) {
+            println!("{dtype:?}: not supported by {device:?}, skipped");
+            continue;
+        }
+        let model = CausalLm::from_dir(&dir, &device, dtype)?;
+        let got = rows(model.logits(&reference.short.prompt)?)?;
+        let worst = got
+            .iter()
+            .flatten()
+            .zip(reference.short.logits.iter().flatten())
+            .map(|(a, e)| (a - e).abs())
+            .fold(0.0f32, |w, d| if d.is_nan() { f32::INFINITY } else { w.max(d) });
+        println!("{dtype:?}: max |diff| {worst}");
+        assert!(worst < tolerance, "{dtype:?}: max |diff| {worst} >= {tolerance}");
+    }
+    Ok(())
+}

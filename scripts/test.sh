@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every test Ember has, as CI runs them:
+#   1. the workspace's unit, parity (flex CPU device) and CLI tests;
+#   2. the tiny-model parity tests again on the wgpu device, over the lavapipe
+#      software Vulkan driver (slow kernel compilation: tiny models only);
+#   3. a type-check of the `cuda` feature (its LLVM bundle cannot be
+#      downloaded here; DOCS_RS=1 makes the bundler skip the download).
+# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 3 locally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "system packages"
+scripts/setup-system.sh
+
+step "workspace tests on flex"
+cargo test --release --locked --workspace
+
+if [ "${EMBER_SKIP_WGPU:-0}" != 1 ]; then
+  step "parity tests on wgpu (lavapipe)"
+  export WGPU_BACKEND=vulkan
+  export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+  lvp=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -n 1 || true)
+  [ -n "$lvp" ] && export VK_ICD_FILENAMES="$lvp"
+  EMBER_TEST_DEVICE=wgpu cargo test --release --locked -p ember-model --features test-wgpu --test parity
+  step "ember-cli builds with --features wgpu"
+  cargo build --release --locked -p ember-cli --features wgpu
+fi
+
+if [ "${EMBER_SKIP_CUDA_CHECK:-0}" != 1 ]; then
+  step "type-check --features cuda"
+  DOCS_RS=1 cargo check --release --locked -p ember-cli --features cuda
+fi
+step "all tests passed"

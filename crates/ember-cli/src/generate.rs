@@ -45,8 +45,11 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let device = args.device.device()?;
+    let load_start = std::time::Instant::now();
     let loaded = LoadedModel::from_dir(&args.model, &device, args.dtype.dtype())
         .with_context(|| format!("loading model from {}", args.model.display()))?;
+
+    let load_time = load_start.elapsed();
 
     let prompt_ids = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
@@ -85,6 +88,20 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             }
         }
     })?;
+
+    // Timings go to stderr so stdout keeps the JSON contract.
+    let decoded = output.token_ids.len().saturating_sub(1);
+    eprintln!(
+        "load {:.2}s | prefill {} tokens {:.3}s ({:.1} tok/s) | decode {} tokens {:.3}s ({:.2} tok/s) | finish {:?}",
+        load_time.as_secs_f64(),
+        prompt_ids.len(),
+        output.prefill_time.as_secs_f64(),
+        prompt_ids.len() as f64 / output.prefill_time.as_secs_f64().max(1e-9),
+        decoded,
+        output.decode_time.as_secs_f64(),
+        decoded as f64 / output.decode_time.as_secs_f64().max(1e-9),
+        output.finish_reason,
+    );
 
     let text = match &loaded.tokenizer {
         Some(t) => Some(t.decode(&output.token_ids)?),

@@ -2,6 +2,8 @@
 //! at a time until an end-of-sequence id or `max_tokens`. The batching
 //! scheduler replaces this loop for serving; `ember generate` uses it as is.
 
+use std::time::{Duration, Instant};
+
 use ember_model::{CausalLm, LogitsMode, SequenceInput};
 
 use crate::error::{EngineError, Result};
@@ -29,6 +31,10 @@ pub enum FinishReason {
 pub struct GenerationOutput {
     pub token_ids: Vec<u32>,
     pub finish_reason: FinishReason,
+    /// Prompt processing up to the first sampled token.
+    pub prefill_time: Duration,
+    /// Everything after the first token.
+    pub decode_time: Duration,
 }
 
 /// Generates from `prompt`, calling `on_token` with each new id as it is chosen.
@@ -45,6 +51,9 @@ pub fn generate(
     let mut cache = model.new_cache();
     let mut token_ids = Vec::with_capacity(params.max_tokens);
     let mut input = prompt.to_vec();
+    let start = Instant::now();
+    let mut prefill_time = Duration::ZERO;
+    let mut finish_reason = FinishReason::Length;
     while token_ids.len() < params.max_tokens {
         let logits = model
             .forward(
@@ -61,18 +70,21 @@ pub fn generate(
             .try_to_vec()
             .map_err(|e| EngineError::ReadLogits(format!("{e:?}")))?;
         let next = sampler.sample(&row);
+        if token_ids.is_empty() {
+            prefill_time = start.elapsed();
+        }
         token_ids.push(next);
         on_token(next);
         if params.stop_token_ids.contains(&next) {
-            return Ok(GenerationOutput {
-                token_ids,
-                finish_reason: FinishReason::Stop,
-            });
+            finish_reason = FinishReason::Stop;
+            break;
         }
         input = vec![next];
     }
     Ok(GenerationOutput {
         token_ids,
-        finish_reason: FinishReason::Length,
+        finish_reason,
+        prefill_time,
+        decode_time: start.elapsed().saturating_sub(prefill_time),
     })
 }

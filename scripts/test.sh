@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # Every test Ember has, as CI runs them:
-#   1. the workspace's unit, parity (flex CPU device) and CLI tests;
+#   1. the workspace's unit, parity (flex CPU device), GGUF, CLI and
+#      end-to-end tests (the last on the default model, fetched once);
 #   2. the tiny-model parity tests again on the wgpu device, over the lavapipe
 #      software Vulkan driver (slow kernel compilation: tiny models only);
 #   3. a type-check of the `cuda` feature (its LLVM bundle cannot be
 #      downloaded here; DOCS_RS=1 makes the bundler skip the download).
+# Steps 1 and 2 share one build: the workspace is compiled once with the wgpu
+# features on (the tests still default to the flex device), so Burn is not
+# compiled twice with two feature sets.
 # EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 3 locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
-step "system packages"
+step "system packages and the default model"
 scripts/setup-system.sh
+scripts/fetch-default-model.sh
+
+features=()
+[ "${EMBER_SKIP_WGPU:-0}" = 1 ] || features=(--features "ember-cli/wgpu ember-model/test-wgpu")
 
 step "workspace tests on flex"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace "${features[@]}"
 
 if [ "${EMBER_SKIP_WGPU:-0}" != 1 ]; then
   step "parity tests on wgpu (lavapipe)"
@@ -22,9 +30,7 @@ if [ "${EMBER_SKIP_WGPU:-0}" != 1 ]; then
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
   lvp=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -n 1 || true)
   [ -n "$lvp" ] && export VK_ICD_FILENAMES="$lvp"
-  EMBER_TEST_DEVICE=wgpu cargo test --release --locked -p ember-model --features test-wgpu --test parity
-  step "ember-cli builds with --features wgpu"
-  cargo build --release --locked -p ember-cli --features wgpu
+  EMBER_TEST_DEVICE=wgpu cargo test --release --locked --workspace "${features[@]}" --test parity
 fi
 
 if [ "${EMBER_SKIP_CUDA_CHECK:-0}" != 1 ]; then

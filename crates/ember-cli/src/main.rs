@@ -1,8 +1,10 @@
 //! `ember`: the command-line entry point. Thin by design: parsing and
 //! printing here, everything else in the library crates.
 
+mod chat;
 mod device;
 mod generate;
+mod model_args;
 
 use clap::{Parser, Subcommand};
 
@@ -17,12 +19,15 @@ struct Cli {
 enum Command {
     /// Generate a continuation of one prompt.
     Generate(generate::GenerateArgs),
+    /// Chat with a model in the terminal.
+    Chat(chat::ChatArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

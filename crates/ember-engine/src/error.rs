@@ -10,6 +10,20 @@ pub enum EngineError {
     #[error("{path}: cannot load tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
 
+    #[error("{path}: cannot build the tokenizer from GGUF metadata")]
+    GgufTokenizer {
+        path: PathBuf,
+        #[source]
+        source: crate::gguf_tokenizer::GgufTokenizerError,
+    },
+
+    #[error("{path}: bad chat template")]
+    Template {
+        path: PathBuf,
+        #[source]
+        source: crate::chat_template::ChatTemplateError,
+    },
+
     #[error("tokenization failed: {0}")]
     Encode(String),
 

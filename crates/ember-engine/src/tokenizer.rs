@@ -20,14 +20,29 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
-    /// Encodes as `tokenizer(text)` does in Python: with the model's special
-    /// tokens (e.g. Llama's BOS) added by its post-processor.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    pub fn from_tokenizer(inner: Tokenizer) -> Self {
+        Self { inner }
+    }
+
+    /// Encodes text. `add_special_tokens` as in Python's `tokenizer(text)`:
+    /// true adds what the post-processor adds (e.g. Llama's BOS); a rendered
+    /// chat template already holds its special tokens, so it uses false.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let encoding = self
             .inner
-            .encode(text, true)
+            .encode(text, add_special_tokens)
             .map_err(|e| EngineError::Encode(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token written exactly as `token` (special tokens included).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The text of one token id as the vocabulary spells it.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// Decodes, leaving out special tokens.
@@ -35,5 +50,76 @@ impl TextTokenizer {
         self.inner
             .decode(ids, true)
             .map_err(|e| EngineError::Encode(e.to_string()))
+    }
+}
+
+/// Turns a stream of token ids into text pieces that never split a UTF-8
+/// character: byte-level tokens of one character are held back until the
+/// character is complete. Follows TGI's `decode_token`: re-decode a short
+/// window (`prefix..`) and emit what it adds beyond `prefix..read`.
+pub struct IncrementalDecoder<'t> {
+    tokenizer: &'t TextTokenizer,
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl<'t> IncrementalDecoder<'t> {
+    pub fn new(tokenizer: &'t TextTokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
+    }
+
+    /// Adds one token; returns the text it completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        if text.len() <= prefix.len() || text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        match text.get(prefix.len()..) {
+            Some(new) if text.starts_with(&prefix) => {
+                let new = new.to_owned();
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.ids.len();
+                Ok(new)
+            }
+            // The window's text changed shape (a merge across the boundary):
+            // wait for more tokens rather than emit something inconsistent.
+            _ => Ok(String::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_tokenizer() -> Result<TextTokenizer> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tiny/tokenizer.json");
+        TextTokenizer::from_file(&path)
+    }
+
+    #[test]
+    fn streaming_never_splits_characters() -> Result<()> {
+        let tokenizer = fixture_tokenizer()?;
+        for text in ["naïve café 東京 🙂", "🙂🙂 emoji, 中文字符 and ascii", "plain text"] {
+            let ids = tokenizer.encode(text, false)?;
+            let mut decoder = IncrementalDecoder::new(&tokenizer);
+            let mut streamed = String::new();
+            for &id in &ids {
+                let piece = decoder.push(id)?;
+                assert!(!piece.contains('\u{FFFD}'), "{text}: piece {piece:?}");
+                streamed.push_str(&piece);
+            }
+            assert_eq!(streamed, tokenizer.decode(&ids)?, "{text}");
+            assert_eq!(streamed, text);
+        }
+        Ok(())
     }
 }

@@ -45,6 +45,20 @@ pub enum ModelError {
         source: safetensors::SafeTensorError,
     },
 
+    #[error("{path}: invalid GGUF file")]
+    Gguf {
+        path: PathBuf,
+        #[source]
+        source: crate::gguf::GgufFormatError,
+    },
+
+    #[error("{path}: GGUF metadata `{key}`: {reason}")]
+    GgufMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
     #[error("{path}: tensor `{tensor}` is missing")]
     MissingTensor { path: PathBuf, tensor: String },
 

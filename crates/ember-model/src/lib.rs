@@ -8,6 +8,7 @@
 mod attention;
 pub mod config;
 pub mod error;
+pub mod gguf;
 mod kv_cache;
 mod linear;
 mod mlp;

@@ -9,6 +9,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use crate::attention::{Attention, SequenceSlice};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::mlp::Mlp;
@@ -73,6 +74,11 @@ impl CausalLm {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let source = SafetensorsSource::open_dir(dir)?;
         Self::load(config, &source, device, dtype)
+    }
+
+    /// Loads a GGUF file: config from its metadata, tensors dequantized.
+    pub fn from_gguf(file: &GgufFile, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load(file.model_config()?, file, device, dtype)
     }
 
     /// Builds the network from any weight source, by Hugging Face key.

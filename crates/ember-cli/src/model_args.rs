@@ -1,0 +1,46 @@
+//! The model-selection flags shared by every subcommand that loads a model,
+//! and where the default model lives.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use ember_engine::LoadedModel;
+use ember_engine::default_model::default_model_path;
+
+use crate::device::{DeviceChoice, DtypeChoice};
+
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory or `.gguf` file [default: SmolLM2-135M-Instruct
+    /// in $EMBER_CACHE_DIR, fetched by scripts/fetch-default-model.sh].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    pub device: DeviceChoice,
+    /// Weight and activation dtype (f32 on CPU: flex's bf16 matmul is slow).
+    #[arg(long, value_enum, default_value_t = DtypeChoice::F32)]
+    pub dtype: DtypeChoice,
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> Result<PathBuf> {
+        if let Some(path) = &self.model {
+            return Ok(path.clone());
+        }
+        let default = default_model_path();
+        if !default.is_file() {
+            bail!(
+                "no --model given and the default model is not at {}; fetch it with scripts/fetch-default-model.sh",
+                default.display()
+            );
+        }
+        Ok(default)
+    }
+
+    pub fn load(&self) -> Result<LoadedModel> {
+        let path = self.path()?;
+        let device = self.device.device()?;
+        LoadedModel::open(&path, &device, self.dtype.dtype())
+            .with_context(|| format!("loading model from {}", path.display()))
+    }
+}

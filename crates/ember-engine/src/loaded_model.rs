@@ -1,0 +1,169 @@
+//! A model as the engine uses it: the network, its tokenizer and chat
+//! template when it has them, and the ids that end generation. Opened from a
+//! Hugging Face directory or a GGUF file.
+
+use std::path::{Path, PathBuf};
+
+use ember_model::gguf::{GgufFile, MetadataValue};
+use ember_model::{CausalLm, DType, Device, ModelError};
+use serde_json::Value;
+
+use crate::chat_template::ChatTemplate;
+use crate::error::{EngineError, Result};
+use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::tokenizer::TextTokenizer;
+
+/// The token that closes a ChatML turn; a stop token in chat mode.
+const IM_END: &str = "<|im_end|>";
+
+pub struct LoadedModel {
+    pub model: CausalLm,
+    /// `None` when a directory has no `tokenizer.json`.
+    pub tokenizer: Option<TextTokenizer>,
+    /// `None` when the model ships no chat template.
+    pub chat_template: Option<ChatTemplate>,
+    /// End-of-sequence ids: config.json + generation_config.json, or GGUF metadata.
+    pub eos_token_ids: Vec<u32>,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+impl LoadedModel {
+    /// Opens a Hugging Face model directory or a `.gguf` file.
+    pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_dir(path, device, dtype)
+        } else {
+            Self::from_gguf(path, device, dtype)
+        }
+    }
+
+    /// Stop ids for chat: the eos ids plus `<|im_end|>` when the vocabulary has it.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.eos_token_ids.clone();
+        if let Some(id) = self.tokenizer.as_ref().and_then(|t| t.token_id(IM_END)) {
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let model = CausalLm::from_dir(dir, device, dtype)?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = if tokenizer_path.is_file() {
+            Some(TextTokenizer::from_file(&tokenizer_path)?)
+        } else {
+            None
+        };
+        let config_path = dir.join("tokenizer_config.json");
+        let chat_template = match read_json(&config_path)? {
+            Some(config) => template_from_tokenizer_config(&config, &config_path)?,
+            None => None,
+        };
+        let mut eos_token_ids = model.config().eos_token_ids.clone();
+        let generation_path = dir.join("generation_config.json");
+        if let Some(generation) = read_json(&generation_path)? {
+            let ids = ember_model::config::token_ids(generation.get("eos_token_id")).ok_or_else(|| {
+                ModelError::InvalidConfig {
+                    path: generation_path.clone(),
+                    field: "eos_token_id",
+                    reason: "must be an integer or a list of integers".into(),
+                }
+            })?;
+            eos_token_ids.extend(ids);
+        }
+        eos_token_ids.sort_unstable();
+        eos_token_ids.dedup();
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+            eos_token_ids,
+            path: dir.to_owned(),
+        })
+    }
+
+    fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let model = CausalLm::from_gguf(&file, device, dtype)?;
+        let meta = file.metadata();
+        let tokenizer = tokenizer_from_gguf(meta).map_err(|source| EngineError::GgufTokenizer {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tokenizer = TextTokenizer::from_tokenizer(tokenizer);
+        let token_text = |key: &str| {
+            meta.get(key)
+                .and_then(MetadataValue::as_u64)
+                .and_then(|id| tokenizer.token_text(u32::try_from(id).ok()?))
+                .unwrap_or_default()
+        };
+        let chat_template = match meta.get("tokenizer.chat_template").and_then(MetadataValue::as_str) {
+            Some(source) => Some(
+                ChatTemplate::new(source, &token_text("tokenizer.ggml.bos_token_id"), &token_text("tokenizer.ggml.eos_token_id"))
+                    .map_err(|source| EngineError::Template {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            eos_token_ids: model.config().eos_token_ids.clone(),
+            model,
+            tokenizer: Some(tokenizer),
+            chat_template,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// A JSON file's contents, or `None` if the file does not exist.
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let json = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Some(json))
+}
+
+/// `chat_template` of tokenizer_config.json: a string, or a list of named
+/// templates of which `default` is used; with its `bos_token`/`eos_token`.
+fn template_from_tokenizer_config(config: &Value, path: &Path) -> Result<Option<ChatTemplate>> {
+    let source = match config.get("chat_template") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Array(named)) => match named
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+        {
+            Some(s) => s,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    // Special tokens are written as a string or as {"content": ...}.
+    let token = |key: &str| -> String {
+        match config.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            _ => String::new(),
+        }
+    };
+    ChatTemplate::new(source, &token("bos_token"), &token("eos_token"))
+        .map(Some)
+        .map_err(|source| EngineError::Template {
+            path: path.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,84 @@
+//! The real default model, SmolLM2-135M-Instruct (Q4_1 GGUF), against Hugging
+//! Face transformers loading the same file (dequantized to f32): the chat
+//! template renders the same text, the GGUF-built tokenizer gives the same
+//! ids, and greedy answers are the same tokens. References:
+//! tests/fixtures/gguf/smollm2.json, made by scripts/make_gguf_reference.py.
+//!
+//! Needs the default model: scripts/fetch-default-model.sh (scripts/test.sh runs it).
+
+use std::path::PathBuf;
+
+use ember_engine::default_model::default_model_path;
+use ember_engine::{GenerationParams, LoadedModel, RenderOptions, generate};
+use ember_model::{DType, Device};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+struct Chat {
+    messages: Vec<Value>,
+    rendered: String,
+    prompt_ids: Vec<u32>,
+    greedy_tokens: Vec<u32>,
+    answer: String,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    chats: Vec<Chat>,
+}
+
+fn load() -> anyhow::Result<(LoadedModel, Reference)> {
+    let path = default_model_path();
+    anyhow::ensure!(path.is_file(), "{} is missing: run scripts/fetch-default-model.sh", path.display());
+    let reference_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/smollm2.json");
+    let reference = serde_json::from_str(&std::fs::read_to_string(reference_path)?)?;
+    Ok((LoadedModel::open(&path, &Device::flex(), DType::F32)?, reference))
+}
+
+#[test]
+fn chats_render_tokenize_and_answer_like_transformers() -> anyhow::Result<()> {
+    let (loaded, reference) = load()?;
+    let tokenizer = loaded.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
+    let template = loaded.chat_template.as_ref().ok_or_else(|| anyhow::anyhow!("no template"))?;
+    assert_eq!(reference.chats.len(), 3);
+    for chat in &reference.chats {
+        let rendered = template.render(RenderOptions {
+            messages: &chat.messages,
+            tools: None::<&[Value]>,
+            add_generation_prompt: true,
+        })?;
+        assert_eq!(rendered, chat.rendered);
+        let ids = tokenizer.encode(&rendered, false)?;
+        assert_eq!(ids, chat.prompt_ids, "{rendered}");
+
+        let params = GenerationParams {
+            max_tokens: chat.greedy_tokens.len(),
+            temperature: 0.0,
+            seed: 0,
+            stop_token_ids: loaded.eos_token_ids.clone(),
+        };
+        let output = generate(&loaded.model, &ids, &params, |_| {})?;
+        assert_eq!(output.token_ids, chat.greedy_tokens, "{:?}", chat.messages);
+        assert_eq!(tokenizer.decode(&output.token_ids)?, chat.answer);
+    }
+    Ok(())
+}
+
+#[test]
+fn gguf_config_and_special_tokens() -> anyhow::Result<()> {
+    let (loaded, _) = load()?;
+    let config = loaded.model.config();
+    assert_eq!(
+        (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.num_key_value_heads),
+        (30, 576, 9, 3)
+    );
+    assert_eq!((config.head_dim, config.vocab_size), (64, 49152));
+    assert!(config.tie_word_embeddings);
+    let tokenizer = loaded.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
+    // Special tokens stay whole and decode away.
+    assert_eq!(tokenizer.encode("<|im_start|>user", false)?[0], 1);
+    assert_eq!(tokenizer.token_id("<|im_end|>"), Some(2));
+    assert!(loaded.chat_stop_ids().contains(&2));
+    Ok(())
+}

@@ -4,6 +4,9 @@ and Hugging Face transformers (which dequantizes a GGUF to float32):
 
   tests/fixtures/gguf/dequant.json   blocks of every supported tensor type
                                      (raw bytes -> gguf.quants.dequantize)
+  tests/fixtures/gguf/*-tiny.*.gguf  the tiny safetensors fixtures written as
+                                     GGUF by gguf's GGUFWriter, with llama.cpp's
+                                     names, q/k permutation (llama) and types
   tests/fixtures/gguf/smollm2.json   SmolLM2-135M-Instruct: chat prompts as
                                      rendered by apply_chat_template, their
                                      token ids, and greedy answers
@@ -19,7 +22,7 @@ import sys
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quantize
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gguf"
 
@@ -100,9 +103,75 @@ def smollm2(path):
     }
 
 
+GGUF_NAMES = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+
+
+def llama_cpp_permute(w, n_head):
+    """convert_hf_to_gguf.py's LlamaModel.permute: rotate-half rows -> interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tiny_gguf(fixture, arch, qtype, out_name):
+    """Writes a tiny safetensors fixture as GGUF, the way llama.cpp's converter lays it out."""
+    from gguf import GGUFWriter
+    from safetensors.numpy import load_file
+
+    src = OUT.parent / fixture
+    cfg = json.loads((src / "config.json").read_text())
+    tensors = load_file(str(src / "model.safetensors"))
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    rope = cfg.get("rope_parameters") or {"rope_theta": cfg.get("rope_theta", 10000.0)}
+    w = GGUFWriter(str(OUT / out_name), arch)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(rope["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    for name, t in tensors.items():
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            layer, rest = name.removeprefix("model.layers.").split(".", 1)
+            module, kind = rest.rsplit(".", 1)
+            gname = f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+        if arch == "llama" and ".attn_q." in gname:
+            t = llama_cpp_permute(t, heads)
+        elif arch == "llama" and ".attn_k." in gname:
+            t = llama_cpp_permute(t, kv_heads)
+        # Like llama.cpp: 1-D tensors (norms, biases) stay F32.
+        if t.ndim == 2 and qtype != GGMLQuantizationType.F32:
+            w.add_tensor(gname, quantize(t, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(gname, t.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "dequant.json").write_text(json.dumps(dequant_blocks()) + "\n")
+    tiny_gguf("qwen3-tiny", "qwen3", GGMLQuantizationType.F32, "qwen3-tiny.f32.gguf")
+    tiny_gguf("qwen3-tiny", "qwen3", GGMLQuantizationType.Q8_0, "qwen3-tiny.q8_0.gguf")
+    tiny_gguf("llama-tiny", "llama", GGMLQuantizationType.F32, "llama-tiny.f32.gguf")
+    tiny_gguf("qwen2-tiny", "qwen2", GGMLQuantizationType.F32, "qwen2-tiny.f32.gguf")
     if len(sys.argv) > 1:
         (OUT / "smollm2.json").write_text(json.dumps(smollm2(sys.argv[1]), indent=1) + "\n")
 

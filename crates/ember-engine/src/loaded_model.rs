@@ -89,15 +89,20 @@ impl LoadedModel {
         let file = GgufFile::open(path)?;
         let model = CausalLm::from_gguf(&file, device, dtype)?;
         let meta = file.metadata();
-        let tokenizer = tokenizer_from_gguf(meta).map_err(|source| EngineError::GgufTokenizer {
-            path: path.to_owned(),
-            source,
-        })?;
-        let tokenizer = TextTokenizer::from_tokenizer(tokenizer);
+        // A GGUF without tokenizer metadata still runs on token ids.
+        let tokenizer = if meta.contains_key("tokenizer.ggml.model") {
+            let built = tokenizer_from_gguf(meta).map_err(|source| EngineError::GgufTokenizer {
+                path: path.to_owned(),
+                source,
+            })?;
+            Some(TextTokenizer::from_tokenizer(built))
+        } else {
+            None
+        };
         let token_text = |key: &str| {
             meta.get(key)
                 .and_then(MetadataValue::as_u64)
-                .and_then(|id| tokenizer.token_text(u32::try_from(id).ok()?))
+                .and_then(|id| tokenizer.as_ref()?.token_text(u32::try_from(id).ok()?))
                 .unwrap_or_default()
         };
         let chat_template = match meta.get("tokenizer.chat_template").and_then(MetadataValue::as_str) {
@@ -113,7 +118,7 @@ impl LoadedModel {
         Ok(Self {
             eos_token_ids: model.config().eos_token_ids.clone(),
             model,
-            tokenizer: Some(tokenizer),
+            tokenizer,
             chat_template,
             path: path.to_owned(),
         })

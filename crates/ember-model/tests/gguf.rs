@@ -195,3 +195,56 @@ fn file_errors_name_the_file_and_tensor() -> anyhow::Result<()> {
     assert!(err.contains("general.architecture"), "{err}");
     Ok(())
 }
+
+/// Loads a tiny fixture both ways, as safetensors and as the GGUF that
+/// scripts/make_gguf_reference.py wrote from it with llama.cpp's layout, and
+/// compares configs and logits. For the llama fixture this pins the q/k
+/// un-permutation; the GGUF carries no Llama 3 RoPE scaling (llama.cpp would
+/// store it as a `rope_freqs` tensor, which Ember refuses), so that
+/// comparison uses default RoPE on both sides.
+fn gguf_matches_safetensors(fixture: &str, gguf: &str, tolerance: f32) -> anyhow::Result<f32> {
+    use ember_model::safetensors_source::SafetensorsSource;
+    use ember_model::{CausalLm, DType, Device, ModelConfig, rope::RopeScaling};
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let device = Device::flex();
+    let mut config = ModelConfig::from_file(&root.join(fixture).join("config.json"))?;
+    config.rope.scaling = RopeScaling::Default;
+    let file = GgufFile::open(&root.join("gguf").join(gguf))?;
+    let from_gguf = file.model_config()?;
+    assert!((from_gguf.rms_norm_eps - config.rms_norm_eps).abs() < 1e-12, "{gguf}: eps");
+    assert_eq!(
+        ModelConfig { rms_norm_eps: config.rms_norm_eps, ..from_gguf },
+        config,
+        "{gguf}: config from metadata"
+    );
+
+    let reference = CausalLm::load(config, &SafetensorsSource::open_dir(&root.join(fixture))?, &device, DType::F32)?;
+    let model = CausalLm::from_gguf(&file, &device, DType::F32)?;
+    let prompt: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
+    let want: Vec<f32> = reference.logits(&prompt)?.into_data().try_to_vec()?;
+    let got: Vec<f32> = model.logits(&prompt)?.into_data().try_to_vec()?;
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= tolerance, "{gguf}: max |diff| {worst} > {tolerance}");
+    Ok(worst)
+}
+
+#[test]
+fn qwen3_gguf_matches_safetensors() -> anyhow::Result<()> {
+    gguf_matches_safetensors("qwen3-tiny", "qwen3-tiny.f32.gguf", 1e-5)?;
+    // Q8_0 rounds every weight (dequantization itself is checked exactly
+    // above); on random weights that moves logits of magnitude ~3 by ~0.08.
+    let q8 = gguf_matches_safetensors("qwen3-tiny", "qwen3-tiny.q8_0.gguf", 0.15)?;
+    println!("Q8_0 max |diff| {q8}");
+    Ok(())
+}
+
+#[test]
+fn llama_gguf_is_unpermuted() -> anyhow::Result<()> {
+    gguf_matches_safetensors("llama-tiny", "llama-tiny.f32.gguf", 1e-5).map(|_| ())
+}
+
+#[test]
+fn qwen2_gguf_keeps_its_biases() -> anyhow::Result<()> {
+    gguf_matches_safetensors("qwen2-tiny", "qwen2-tiny.f32.gguf", 1e-5).map(|_| ())
+}

@@ -5,6 +5,7 @@
 //! thiserror), so fuzzing does not build Burn.
 #![no_main]
 
+#[allow(dead_code)]
 #[path = "../../crates/ember-model/src/gguf/reader.rs"]
 mod reader;
 

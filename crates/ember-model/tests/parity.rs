@@ -231,3 +231,41 @@ fn reduced_precision_stays_near_reference() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json` (as
+/// large Hugging Face checkpoints are) loads to the same logits.
+#[test]
+fn sharded_checkpoint_matches_single_file() -> anyhow::Result<()> {
+    use safetensors::SafeTensors;
+
+    let src = fixture_dir("qwen3-yarn-tiny");
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json"))?;
+    let bytes = std::fs::read(src.join("model.safetensors"))?;
+    let tensors = SafeTensors::deserialize(&bytes)?;
+    let mut names: Vec<String> = tensors.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, chunk) in names.chunks(names.len().div_ceil(3)).enumerate() {
+        let file = format!("model-{:05}-of-00003.safetensors", shard + 1);
+        let views = chunk
+            .iter()
+            .map(|n| Ok((n.clone(), tensors.tensor(n)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, &dir.path().join(&file))?;
+        for n in chunk {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string())?;
+
+    let (single, reference) = load("qwen3-yarn-tiny")?;
+    let sharded = CausalLm::from_dir(dir.path(), &test_device(), DType::F32)?;
+    let want = rows(single.logits(&reference.short.prompt)?)?;
+    let got = rows(sharded.logits(&reference.short.prompt)?)?;
+    for (g, w) in got.iter().zip(&want) {
+        assert_close("sharded", g, w);
+    }
+    Ok(())
+}

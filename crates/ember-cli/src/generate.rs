@@ -104,8 +104,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(e) = stream_error {
         return Err(e).context("decoding the answer");
     }
-    report_timings(load_time, prompt_ids.len(), &output);
-
     let text = match &loaded.tokenizer {
         Some(t) => Some(t.decode(&output.token_ids)?),
         None => None,
@@ -123,6 +121,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let ids: Vec<String> = output.token_ids.iter().map(u32::to_string).collect();
         writeln!(stdout, "{}", ids.join(","))?;
     }
+    stdout.flush()?;
+    report_timings(load_time, prompt_ids.len(), &output);
     Ok(())
 }
 

@@ -215,8 +215,8 @@ impl CausalLm {
             .forward(self.norm.forward(hidden))
             .cast(DType::F32);
         Ok(match mode {
-            LogitsMode::All => rows.into_iter().map(|r| logits.clone().slice([r])).collect(),
-            LogitsMode::Last => (0..rows.len()).map(|i| logits.clone().slice([i..i + 1])).collect(),
+            LogitsMode::All => rows.into_iter().map(|r| logits.clone().narrow(0, r.start, r.len())).collect(),
+            LogitsMode::Last => (0..rows.len()).map(|i| logits.clone().narrow(0, i, 1)).collect(),
         })
     }
 

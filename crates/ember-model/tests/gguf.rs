@@ -89,7 +89,7 @@ impl Writer {
         self
     }
     fn align_and_data(&mut self, data: &[u8]) -> Vec<u8> {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.extend(data);

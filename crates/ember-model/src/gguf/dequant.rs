@@ -53,14 +53,21 @@ fn q4_1(b: &[u8], out: &mut Vec<f32>) {
     out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
 }
 
-/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block.
-fn scale_min_k4(j: usize, s: &[u8]) -> (f32, f32) {
+/// Scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block: 6-bit
+/// factors unpacked from `s`, times the block's `d` and `dmin`.
+fn scale_min_k4(j: usize, s: &[u8], d: f32, dmin: f32) -> (f32, f32) {
     let (sc, m) = if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
         ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     };
-    (f32::from(sc), f32::from(m))
+    (d * f32::from(sc), dmin * f32::from(m))
+}
+
+/// The 32 bytes holding sub-block `sub`'s low 4 bits, and the shift to them:
+/// sub-blocks pair up over one 32-byte group, low nibbles then high.
+fn nibbles(qs: &[u8], sub: usize) -> (&[u8], usize) {
+    (&qs[(sub / 2) * 32..(sub / 2) * 32 + 32], (sub % 2) * 4)
 }
 
 /// `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: 8 sub-blocks of 32,
@@ -70,10 +77,8 @@ fn q4_k(b: &[u8], out: &mut Vec<f32>) {
     let scales = &b[4..16];
     let qs = &b[16..144];
     for sub in 0..8 {
-        let (sc, m) = scale_min_k4(sub, scales);
-        let (scale, min) = (d * sc, dmin * m);
-        let group = &qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
-        let shift = (sub % 2) * 4;
+        let (scale, min) = scale_min_k4(sub, scales, d, dmin);
+        let (group, shift) = nibbles(qs, sub);
         out.extend(group.iter().map(|&q| scale * f32::from((q >> shift) & 0x0F) - min));
     }
 }
@@ -85,10 +90,8 @@ fn q5_k(b: &[u8], out: &mut Vec<f32>) {
     let qh = &b[16..48];
     let qs = &b[48..176];
     for sub in 0..8 {
-        let (sc, m) = scale_min_k4(sub, scales);
-        let (scale, min) = (d * sc, dmin * m);
-        let group = &qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
-        let shift = (sub % 2) * 4;
+        let (scale, min) = scale_min_k4(sub, scales, d, dmin);
+        let (group, shift) = nibbles(qs, sub);
         out.extend(group.iter().zip(qh).map(|(&q, &h)| {
             let q = ((q >> shift) & 0x0F) | (((h >> sub) & 1) << 4);
             scale * f32::from(q) - min

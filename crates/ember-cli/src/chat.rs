@@ -83,15 +83,20 @@ pub fn run(args: ChatArgs) -> Result<()> {
         };
         seed = seed.wrapping_add(1);
         let mut decoder = IncrementalDecoder::new(tokenizer);
-        let mut answer = String::new();
-        generate(&loaded.model, &prompt, &params, |id| {
-            if let Ok(piece) = decoder.push(id) {
+        let mut stream_error = None;
+        let output = generate(&loaded.model, &prompt, &params, |id| match decoder.push(id) {
+            Ok(piece) => {
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();
-                answer.push_str(&piece);
             }
+            Err(e) => stream_error = Some(e),
         })?;
-        writeln!(stdout)?;
+        if let Some(e) = stream_error {
+            return Err(e).context("decoding the answer");
+        }
+        writeln!(stdout, "{}", decoder.finish()?)?;
+        // The history keeps the full decode, not the streamed pieces.
+        let answer = tokenizer.decode(&output.token_ids)?;
         history.push(json!({"role": "assistant", "content": answer.trim()}));
     }
     Ok(())

@@ -104,19 +104,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(e) = stream_error {
         return Err(e).context("decoding the answer");
     }
-    let text = match &loaded.tokenizer {
-        Some(t) => Some(t.decode(&output.token_ids)?),
-        None => None,
-    };
     if args.json {
+        let text = match &loaded.tokenizer {
+            Some(t) => Some(t.decode(&output.token_ids)?),
+            None => None,
+        };
         let line = json!({
             "prompt_ids": prompt_ids,
             "token_ids": output.token_ids,
             "text": text,
         });
         writeln!(stdout, "{line}")?;
-    } else if text.is_some() {
-        writeln!(stdout)?;
+    } else if let Some(d) = &decoder {
+        writeln!(stdout, "{}", d.finish()?)?;
     } else {
         let ids: Vec<String> = output.token_ids.iter().map(u32::to_string).collect();
         writeln!(stdout, "{}", ids.join(","))?;

@@ -94,6 +94,14 @@ impl<'t> IncrementalDecoder<'t> {
             _ => Ok(String::new()),
         }
     }
+
+    /// The text held back so far (an unfinished character at the end shows
+    /// as U+FFFD, as a full decode would show it). Call once, after the last token.
+    pub fn finish(&self) -> Result<String> {
+        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        Ok(text.get(prefix.len()..).filter(|_| text.starts_with(&prefix)).unwrap_or_default().to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -117,9 +125,25 @@ mod tests {
                 assert!(!piece.contains('\u{FFFD}'), "{text}: piece {piece:?}");
                 streamed.push_str(&piece);
             }
+            assert_eq!(decoder.finish()?, "", "{text}: nothing held back at the end");
             assert_eq!(streamed, tokenizer.decode(&ids)?, "{text}");
             assert_eq!(streamed, text);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn finish_returns_an_unfinished_tail() -> Result<()> {
+        let tokenizer = fixture_tokenizer()?;
+        let ids = tokenizer.encode("ok 🙂", false)?;
+        // Drop the emoji's last byte token: its first bytes are held back.
+        let mut decoder = IncrementalDecoder::new(&tokenizer);
+        let mut streamed = String::new();
+        for &id in &ids[..ids.len() - 1] {
+            streamed.push_str(&decoder.push(id)?);
+        }
+        assert_eq!(streamed, "ok ");
+        assert_eq!(streamed + &decoder.finish()?, tokenizer.decode(&ids[..ids.len() - 1])?);
         Ok(())
     }
 }

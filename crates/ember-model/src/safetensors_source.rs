@@ -103,11 +103,8 @@ impl SafetensorsSource {
     }
 }
 
-impl WeightSource for SafetensorsSource {
-    fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
-    }
-
+impl SafetensorsSource {
+    /// The file, or the shards' directory, to name in messages.
     fn describe(&self) -> PathBuf {
         match self.files.as_slice() {
             [one] => one.path.clone(),
@@ -118,6 +115,12 @@ impl WeightSource for SafetensorsSource {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
     }
 
     fn read(&self, name: &str, expected_shape: &[usize]) -> Result<TensorData> {

@@ -3,8 +3,6 @@
 //! puts them on the device in the chosen dtype. Safetensors implements it
 //! today; GGUF (which renames and dequantizes) plugs in the same way.
 
-use std::path::PathBuf;
-
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::error::Result;
@@ -15,8 +13,6 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor `name` in its stored float dtype, after checking its shape.
     fn read(&self, name: &str, expected_shape: &[usize]) -> Result<TensorData>;
-    /// The file or directory to name in messages.
-    fn describe(&self) -> PathBuf;
 }
 
 /// Moves tensors from a source to a device, converting to one dtype.

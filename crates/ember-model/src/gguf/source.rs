@@ -200,10 +200,6 @@ impl WeightSource for GgufFile {
         self.info(name).is_some()
     }
 
-    fn describe(&self) -> PathBuf {
-        self.path.clone()
-    }
-
     fn read(&self, name: &str, expected_shape: &[usize]) -> Result<TensorData> {
         let (gguf, info) = self.info(name).ok_or_else(|| ModelError::MissingTensor {
             path: self.path.clone(),

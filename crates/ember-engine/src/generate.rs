@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ember_model::{CausalLm, LogitsMode, SequenceInput};
+use ember_model::{CausalLm, LogitsMode};
 
 use crate::error::{EngineError, Result};
 use crate::sampler::Sampler;
@@ -55,16 +55,7 @@ pub fn generate(
     let mut prefill_time = Duration::ZERO;
     let mut finish_reason = FinishReason::Length;
     while token_ids.len() < params.max_tokens {
-        let logits = model
-            .forward(
-                &mut [SequenceInput {
-                    tokens: &input,
-                    cache: &mut cache,
-                }],
-                LogitsMode::Last,
-            )?
-            .pop()
-            .ok_or(EngineError::EmptyPrompt)?;
+        let logits = model.forward_cached(&mut cache, &input, LogitsMode::Last)?;
         let row: Vec<f32> = logits
             .into_data()
             .try_to_vec()

@@ -1,16 +1,16 @@
 //! Grouped-query self-attention with optional per-head q/k RMSNorm (Qwen3)
 //! and q/k/v biases (Qwen2), following `modeling_qwen3.py`:
-//! project -> q/k norm -> RoPE -> append to the cache -> causal attention.
+//! project -> q/k norm -> RoPE -> write to the paged cache -> causal attention.
 
 use std::ops::Range;
 
-use burn::tensor::Tensor;
 use burn::tensor::module::attention;
+use burn::tensor::{Int, Tensor};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::ModelConfig;
-use crate::error::Result;
-use crate::kv_cache::KvCache;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvPool;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::rope::apply_rotary;
@@ -28,11 +28,21 @@ pub struct Attention {
     head_dim: usize,
 }
 
-/// One sequence's slice of a batched step: its rows in the flattened token
-/// matrix and its cache.
-pub struct SequenceSlice<'a> {
+/// Where one step's tokens live: rows of the flattened token matrix, the
+/// pool slots their new keys go to, and each sequence's history to read.
+pub(crate) struct StepLayout {
+    /// One slot per new token, in row order.
+    pub write_slots: Tensor<1, Int>,
+    /// Every sequence's full history (past and new), concatenated.
+    pub read_slots: Tensor<1, Int>,
+    pub sequences: Vec<SequenceRows>,
+}
+
+pub(crate) struct SequenceRows {
+    /// This sequence's new tokens in the flattened matrix.
     pub rows: Range<usize>,
-    pub cache: &'a mut KvCache,
+    /// Its history's span in `read_slots`.
+    pub history: Range<usize>,
 }
 
 impl Attention {
@@ -68,15 +78,16 @@ impl Attention {
         x: Tensor<2>,
         cos: &Tensor<2>,
         sin: &Tensor<2>,
-        sequences: &mut [SequenceSlice<'_>],
-    ) -> Tensor<2> {
+        pool: &mut KvPool,
+        layout: &StepLayout,
+    ) -> Result<Tensor<2>> {
         let tokens = x.dims()[0];
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
 
         // 1. Projections, batched over every token of every sequence.
         let q = self.q_proj.forward(x.clone()).reshape([tokens, h, d]);
         let k = self.k_proj.forward(x.clone()).reshape([tokens, kvh, d]);
-        let v = self.v_proj.forward(x).reshape([tokens, kvh, d]);
+        let v = self.v_proj.forward(x);
 
         // 2. Per-head RMSNorm (Qwen3), before RoPE.
         let q = match &self.q_norm {
@@ -88,35 +99,35 @@ impl Attention {
             None => k,
         };
 
-        // 3. RoPE at each token's own position.
+        // 3. RoPE at each token's own position, then into the paged cache.
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
+        pool.write(layer, &layout.write_slots, k.reshape([tokens, kvh * d]), v);
+        let (keys, values) = pool.read(layer, &layout.read_slots).ok_or(ModelError::KvPoolLost)?;
 
-        // 4. Attention per sequence: each has its own cache length.
-        let outputs = sequences
-            .iter_mut()
+        // 4. Attention per sequence over its own history.
+        let outputs = layout
+            .sequences
+            .iter()
             .map(|seq| {
-                let rows = seq.rows.clone();
-                let heads_first = |t: Tensor<3>| t.slice([rows.clone()]).swap_dims(0, 1);
-                let kv = seq
-                    .cache
-                    .append(layer, heads_first(k.clone()), heads_first(v.clone()));
-                let q = heads_first(q.clone()).unsqueeze_dim::<4>(0);
-                let k = self.repeat_kv(kv.k).unsqueeze_dim::<4>(0);
-                let v = self.repeat_kv(kv.v).unsqueeze_dim::<4>(0);
+                let (start, n) = (seq.rows.start, seq.rows.len());
+                let (past_start, len) = (seq.history.start, seq.history.len());
+                let heads_first = |t: Tensor<2>| t.narrow(0, past_start, len).reshape([len, kvh, d]).swap_dims(0, 1);
+                let q = q.clone().narrow(0, start, n).swap_dims(0, 1).unsqueeze_dim::<4>(0);
+                let k = self.repeat_kv(heads_first(keys.clone())).unsqueeze_dim::<4>(0);
+                let v = self.repeat_kv(heads_first(values.clone())).unsqueeze_dim::<4>(0);
                 // Causal masking is aligned bottom-right, so a chunk of new
-                // queries over a longer cache sees exactly its past.
+                // queries over a longer history sees exactly its past.
                 let options = AttentionModuleOptions {
                     scale: None,
                     softcap: None,
                     is_causal: true,
                 };
                 let out = attention(q, k, v, None, None, options); // [1, h, n, d]
-                let n = rows.len();
                 out.squeeze_dim::<3>(0).swap_dims(0, 1).reshape([n, h * d])
             })
             .collect();
-        self.o_proj.forward(Tensor::cat(outputs, 0))
+        Ok(self.o_proj.forward(Tensor::cat(outputs, 0)))
     }
 
     /// `[kv_heads, len, d]` -> `[heads, len, d]`, each kv head serving its

@@ -97,6 +97,15 @@ pub enum ModelError {
     #[error("a sequence in the batch has no new tokens")]
     EmptySequence,
 
+    #[error("a block table covers {capacity} positions but the sequence has {tokens}")]
+    BlockTableTooShort { tokens: usize, capacity: usize },
+
+    #[error("block {block} is outside the KV pool ({num_blocks} blocks)")]
+    BlockOutOfRange { block: u32, num_blocks: usize },
+
+    #[error("the KV pool was lost by a failed step and must be rebuilt")]
+    KvPoolLost,
+
     #[error("cache has {cache_layers} layers but the model has {model_layers}")]
     CacheMismatch {
         cache_layers: usize,

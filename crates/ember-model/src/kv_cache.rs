@@ -1,29 +1,137 @@
-//! The key/value cache of one sequence, owned by the caller rather than by
-//! the attention modules, so a scheduler can hold one per sequence and batch
-//! sequences of different lengths through the same `&self` model.
+//! Paged key/value storage (PagedAttention's layout): every layer keeps one
+//! pool of `num_blocks * block_size` token slots for keys and one for values.
+//! A sequence owns a *block table* (which blocks hold its positions, in
+//! order), so sequences of any length share one pool and a common prefix can
+//! be stored once and referenced by many tables. Which blocks are free,
+//! shared or cached is the engine's business; this module only stores.
 //!
-//! Contiguous per layer for now; the engine's paged block pool replaces it.
+//! Slots are rows of a `[slots, kv_heads * head_dim]` tensor: new keys are
+//! written with one `select_assign` per layer (in place on flex when the pool
+//! is uniquely owned, which is why the pools sit in `Option`s that are taken
+//! for the write and put back), and a sequence's history is one `select`.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::IndexingUpdateOp;
 
-/// Keys and values of one layer, `[kv_heads, len, head_dim]` each.
-#[derive(Clone)]
-pub(crate) struct LayerKv {
-    pub k: Tensor<3>,
-    pub v: Tensor<3>,
+use crate::config::ModelConfig;
+
+/// The key and value pools of every layer.
+pub struct KvPool {
+    keys: Vec<Option<Tensor<2>>>,
+    values: Vec<Option<Tensor<2>>>,
+    block_size: usize,
+    num_blocks: usize,
+    width: usize,
+    device: Device,
+    dtype: DType,
 }
 
-/// Cached keys and values of every layer for one sequence.
-#[derive(Clone)]
+impl KvPool {
+    /// A zeroed pool of `num_blocks` blocks of `block_size` tokens for `config`.
+    pub fn new(config: &ModelConfig, num_blocks: usize, block_size: usize, device: &Device, dtype: DType) -> Self {
+        let width = config.num_key_value_heads * config.head_dim;
+        let slots = num_blocks * block_size;
+        let zeros = || Some(Tensor::<2>::zeros([slots, width], (device, dtype)));
+        Self {
+            keys: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
+            values: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
+            block_size: block_size.max(1),
+            num_blocks,
+            width,
+            device: device.clone(),
+            dtype,
+        }
+    }
+
+    /// Bytes one block takes over all layers, keys and values.
+    pub fn bytes_per_block(config: &ModelConfig, block_size: usize, dtype: DType) -> usize {
+        2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * dtype.size()
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Appends `extra` zeroed blocks (a single growing sequence's cache).
+    pub fn grow(&mut self, extra: usize) {
+        let zeros = Tensor::<2>::zeros([extra * self.block_size, self.width], (&self.device, self.dtype));
+        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            if let Some(t) = pool.take() {
+                *pool = Some(Tensor::cat(vec![t, zeros.clone()], 0));
+            }
+        }
+        self.num_blocks += extra;
+    }
+
+    /// Copies block `src` into block `dst` in every layer (copy-on-write of a
+    /// shared, partly filled block when a sequence forks).
+    pub fn copy_block(&mut self, src: u32, dst: u32) {
+        let bs = self.block_size;
+        let from = self.slot_tensor((0..bs).map(|i| src as usize * bs + i));
+        let to = self.slot_tensor((0..bs).map(|i| dst as usize * bs + i));
+        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            if let Some(t) = pool.take() {
+                let rows = t.clone().select(0, from.clone());
+                *pool = Some(t.select_assign(0, to.clone(), rows, IndexingUpdateOp::Assign));
+            }
+        }
+    }
+
+    /// Whether every layer's pools are present: false only after a panic
+    /// inside a write, after which the engine must rebuild the pool.
+    pub fn is_intact(&self) -> bool {
+        self.keys.iter().chain(self.values.iter()).all(Option::is_some)
+    }
+
+    /// An index tensor of slot numbers.
+    pub(crate) fn slot_tensor(&self, slots: impl Iterator<Item = usize>) -> Tensor<1, Int> {
+        let slots: Vec<i64> = slots.map(|s| s as i64).collect();
+        let n = slots.len();
+        Tensor::from_data(TensorData::new(slots, [n]), &self.device)
+    }
+
+    /// Writes `[n, kv_heads * head_dim]` keys and values into `slots` of `layer`.
+    pub(crate) fn write(&mut self, layer: usize, slots: &Tensor<1, Int>, keys: Tensor<2>, values: Tensor<2>) {
+        for (pool, new) in [(&mut self.keys[layer], keys), (&mut self.values[layer], values)] {
+            if let Some(t) = pool.take() {
+                *pool = Some(t.select_assign(0, slots.clone(), new, IndexingUpdateOp::Assign));
+            }
+        }
+    }
+
+    /// Reads the keys and values at `slots` of `layer`, `[n, kv_heads * head_dim]`.
+    /// `None` only when the pool was lost (see `is_intact`).
+    pub(crate) fn read(&self, layer: usize, slots: &Tensor<1, Int>) -> Option<(Tensor<2>, Tensor<2>)> {
+        let k = self.keys[layer].as_ref()?.clone().select(0, slots.clone());
+        let v = self.values[layer].as_ref()?.clone().select(0, slots.clone());
+        Some((k, v))
+    }
+}
+
+/// The cache of one sequence on its own: a private pool whose blocks are
+/// used in order, doubled when full. For `ember generate`-style single
+/// sequences and tests; the serving engine shares one `KvPool` instead.
 pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
+    pool: KvPool,
     len: usize,
 }
 
 impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
+    pub fn new(config: &ModelConfig, device: &Device, dtype: DType) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            pool: KvPool::new(config, 4, 16, device, dtype),
             len: 0,
         }
     }
@@ -33,28 +141,21 @@ impl KvCache {
         self.len
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Appends this step's keys and values to `layer` and returns the whole history.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor<3>, v: Tensor<3>) -> LayerKv {
-        let merged = match self.layers[layer].take() {
-            None => LayerKv { k, v },
-            Some(past) => LayerKv {
-                k: Tensor::cat(vec![past.k, k], 1),
-                v: Tensor::cat(vec![past.v, v], 1),
-            },
-        };
-        self.layers[layer] = Some(merged.clone());
-        merged
+    /// Makes room for `total` tokens and returns the pool and its block table.
+    pub(crate) fn reserve(&mut self, total: usize) -> (&mut KvPool, Vec<u32>) {
+        let needed = total.div_ceil(self.pool.block_size());
+        if needed > self.pool.num_blocks() {
+            let extra = needed.max(2 * self.pool.num_blocks()) - self.pool.num_blocks();
+            self.pool.grow(extra);
+        }
+        let table = (0..self.pool.num_blocks() as u32).collect();
+        (&mut self.pool, table)
     }
 
-    /// Records that `tokens` more positions are now cached in every layer.
     pub(crate) fn advance(&mut self, tokens: usize) {
         self.len += tokens;
     }

@@ -3,7 +3,7 @@
 //! caller picks (flex CPU, wgpu, CUDA).
 //!
 //! This crate knows no tokenizer, no HTTP and no async: it maps token ids and
-//! caller-owned caches to logits.
+//! a caller-owned paged KV pool to logits.
 
 mod attention;
 pub mod config;
@@ -21,5 +21,5 @@ pub mod weights;
 pub use burn::tensor::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPool};
 pub use model::{CausalLm, LogitsMode, SequenceInput};

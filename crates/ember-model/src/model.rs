@@ -6,11 +6,11 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::attention::{Attention, SequenceSlice};
+use crate::attention::{Attention, SequenceRows, StepLayout};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvPool};
 use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
@@ -51,10 +51,14 @@ pub enum LogitsMode {
     Last,
 }
 
-/// One sequence of a batched forward pass: new tokens, continuing `cache`.
+/// One sequence of a batched forward pass: new tokens continuing the
+/// `past_len` positions already in the pool.
 pub struct SequenceInput<'a> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut KvCache,
+    /// Positions already cached; the first new token's position.
+    pub past_len: usize,
+    /// The pool blocks that hold positions `0..past_len + tokens.len()`, in order.
+    pub block_table: &'a [u32],
 }
 
 /// A loaded causal language model.
@@ -66,6 +70,7 @@ pub struct CausalLm {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+    dtype: DType,
 }
 
 impl CausalLm {
@@ -120,6 +125,7 @@ impl CausalLm {
             lm_head,
             rotary,
             config,
+            dtype,
         })
     }
 
@@ -131,32 +137,63 @@ impl CausalLm {
         &self.device
     }
 
-    /// An empty cache shaped for this model.
+    /// An empty single-sequence cache shaped for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers)
+        KvCache::new(&self.config, &self.device, self.dtype)
     }
 
-    /// One step over a batch of sequences: each sequence's new tokens continue
-    /// its cache (prefill of a prompt or a chunk of it, or one decode token).
-    /// Returns each sequence's logits, `[n, vocab]` in f32, where `n` is its
-    /// token count (`LogitsMode::All`) or 1 (`LogitsMode::Last`).
-    pub fn forward(&self, batch: &mut [SequenceInput<'_>], mode: LogitsMode) -> Result<Vec<Tensor<2>>> {
-        // 1. Flatten all new tokens and their positions into one row matrix.
+    /// A zeroed paged pool of `num_blocks` blocks of `block_size` tokens.
+    pub fn new_pool(&self, num_blocks: usize, block_size: usize) -> KvPool {
+        KvPool::new(&self.config, num_blocks, block_size, &self.device, self.dtype)
+    }
+
+    /// The dtype of weights, activations and cache.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// One step over a batch of sequences sharing `pool`: each sequence's new
+    /// tokens continue its history (a prompt, a chunk of one, or one decode
+    /// token). Returns each sequence's logits, `[n, vocab]` in f32, where `n`
+    /// is its token count (`LogitsMode::All`) or 1 (`LogitsMode::Last`).
+    pub fn forward(&self, pool: &mut KvPool, batch: &[SequenceInput<'_>], mode: LogitsMode) -> Result<Vec<Tensor<2>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        if pool.num_layers() != self.layers.len() {
+            return Err(ModelError::CacheMismatch {
+                cache_layers: pool.num_layers(),
+                model_layers: self.layers.len(),
+            });
+        }
+        // 1. Flatten all new tokens, their positions and cache slots.
+        let bs = pool.block_size();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        let mut slices = Vec::with_capacity(batch.len());
-        for seq in batch.iter_mut() {
+        let mut write_slots = Vec::new();
+        let mut read_slots = Vec::new();
+        let mut sequences = Vec::with_capacity(batch.len());
+        for seq in batch {
             if seq.tokens.is_empty() {
                 return Err(ModelError::EmptySequence);
             }
-            if seq.cache.num_layers() != self.layers.len() {
-                return Err(ModelError::CacheMismatch {
-                    cache_layers: seq.cache.num_layers(),
-                    model_layers: self.layers.len(),
+            let total = seq.past_len + seq.tokens.len();
+            if seq.block_table.len() * bs < total {
+                return Err(ModelError::BlockTableTooShort {
+                    tokens: total,
+                    capacity: seq.block_table.len() * bs,
                 });
             }
+            if let Some(&block) = seq.block_table.iter().find(|&&b| b as usize >= pool.num_blocks()) {
+                return Err(ModelError::BlockOutOfRange {
+                    block,
+                    num_blocks: pool.num_blocks(),
+                });
+            }
+            let slot = |p: usize| seq.block_table[p / bs] as usize * bs + p % bs;
             let start = ids.len();
-            let past = seq.cache.len();
+            let history_start = read_slots.len();
+            read_slots.extend((0..total).map(slot));
             for (i, &t) in seq.tokens.iter().enumerate() {
                 if t as usize >= self.config.vocab_size {
                     return Err(ModelError::TokenOutOfRange {
@@ -165,18 +202,21 @@ impl CausalLm {
                     });
                 }
                 ids.push(i64::from(t));
-                positions.push(past + i);
+                positions.push(seq.past_len + i);
+                write_slots.push(slot(seq.past_len + i));
             }
-            slices.push(SequenceSlice {
+            sequences.push(SequenceRows {
                 rows: start..ids.len(),
-                cache: &mut *seq.cache,
+                history: history_start..read_slots.len(),
             });
-        }
-        if ids.is_empty() {
-            return Ok(Vec::new());
         }
         let n = ids.len();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+        let layout = StepLayout {
+            write_slots: pool.slot_tensor(write_slots.into_iter()),
+            read_slots: pool.slot_tensor(read_slots.into_iter()),
+            sequences,
+        };
 
         // 2. Embeddings and per-token rotary tables.
         let mut hidden = self.embed_tokens.clone().select(0, ids);
@@ -189,18 +229,16 @@ impl CausalLm {
                 layer.input_layernorm.forward(hidden.clone()),
                 &cos,
                 &sin,
-                &mut slices,
-            );
+                pool,
+                &layout,
+            )?;
             hidden = hidden + attn;
             let mlp = layer.mlp.forward(layer.post_attention_layernorm.forward(hidden.clone()));
             hidden = hidden + mlp;
         }
 
         // 4. Final norm and head, only on the rows whose logits are wanted.
-        let rows: Vec<_> = slices.iter().map(|s| s.rows.clone()).collect();
-        for s in &mut slices {
-            s.cache.advance(s.rows.len());
-        }
+        let rows: Vec<_> = layout.sequences.iter().map(|s| s.rows.clone()).collect();
         let hidden = match mode {
             LogitsMode::All => hidden,
             LogitsMode::Last => {
@@ -220,16 +258,23 @@ impl CausalLm {
         })
     }
 
+    /// One step of a single sequence with its own cache: `tokens` continue
+    /// `cache`, which grows as needed.
+    pub fn forward_cached(&self, cache: &mut KvCache, tokens: &[u32], mode: LogitsMode) -> Result<Tensor<2>> {
+        let past_len = cache.len();
+        let (pool, block_table) = cache.reserve(past_len + tokens.len());
+        let input = SequenceInput {
+            tokens,
+            past_len,
+            block_table: &block_table,
+        };
+        let logits = self.forward(pool, &[input], mode)?.pop().ok_or(ModelError::EmptySequence)?;
+        cache.advance(tokens.len());
+        Ok(logits)
+    }
+
     /// Logits at every position of `tokens` from an empty cache (a full recompute).
     pub fn logits(&self, tokens: &[u32]) -> Result<Tensor<2>> {
-        let mut cache = self.new_cache();
-        let mut out = self.forward(
-            &mut [SequenceInput {
-                tokens,
-                cache: &mut cache,
-            }],
-            LogitsMode::All,
-        )?;
-        out.pop().ok_or(ModelError::EmptySequence)
+        self.forward_cached(&mut self.new_cache(), tokens, LogitsMode::All)
     }
 }

@@ -95,8 +95,7 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 fn step(model: &CausalLm, cache: &mut KvCache, tokens: &[u32], mode: LogitsMode) -> anyhow::Result<Vec<Vec<f32>>> {
-    let mut out = model.forward(&mut [SequenceInput { tokens, cache }], mode)?;
-    rows(out.pop().ok_or_else(|| anyhow::anyhow!("no logits"))?)
+    rows(model.forward_cached(cache, tokens, mode)?)
 }
 
 fn full_recompute_matches(name: &str) -> anyhow::Result<()> {
@@ -183,24 +182,54 @@ parity_tests! {
     qwen2_biases => "qwen2-tiny",
 }
 
+/// Two sequences in one shared paged pool, their blocks interleaved and out
+/// of order: a batched prefill and then a batched decode step give each
+/// sequence its own reference logits.
 #[test]
-fn batched_sequences_match_their_solo_logits() -> anyhow::Result<()> {
+fn batched_sequences_in_a_shared_pool_match_their_solo_logits() -> anyhow::Result<()> {
     let (model, r) = load("qwen3-tiny")?;
     let a = &r.long[0].prompt;
     let b = &r.short.prompt;
-    let (mut ca, mut cb) = (model.new_cache(), model.new_cache());
-    let out = model.forward(
-        &mut [
-            SequenceInput { tokens: a, cache: &mut ca },
-            SequenceInput { tokens: b, cache: &mut cb },
-        ],
-        LogitsMode::Last,
-    )?;
-    let mut out = out.into_iter();
+    let block_size = 4;
+    let blocks_a = a.len().div_ceil(block_size);
+    let blocks_b = b.len().div_ceil(block_size);
+    let mut pool = model.new_pool(blocks_a + blocks_b + 3, block_size);
+    // a takes blocks from the top down, b the rest in order from the bottom.
+    let top = pool.num_blocks() as u32 - 1;
+    let table_a: Vec<u32> = (0..blocks_a as u32).map(|i| top - i).collect();
+    let table_b: Vec<u32> = (0..blocks_b as u32).collect();
+    assert!(table_a.iter().all(|x| !table_b.contains(x)));
+
+    let (last_a, last_b) = (a.len() - 1, b.len() - 1);
+    let prefill = [
+        SequenceInput { tokens: &a[..last_a], past_len: 0, block_table: &table_a },
+        SequenceInput { tokens: &b[..last_b], past_len: 0, block_table: &table_b },
+    ];
+    let out = model.forward(&mut pool, &prefill, LogitsMode::All)?;
+    let got_b = rows(out.into_iter().nth(1).ok_or_else(|| anyhow::anyhow!("missing b"))?)?;
+    for (i, row) in got_b.iter().enumerate() {
+        assert_close(&format!("batched prefill of b, position {i}"), row, &r.short.logits[i]);
+    }
+    let decode = [
+        SequenceInput { tokens: &a[last_a..], past_len: last_a, block_table: &table_a },
+        SequenceInput { tokens: &b[last_b..], past_len: last_b, block_table: &table_b },
+    ];
+    let mut out = model.forward(&mut pool, &decode, LogitsMode::Last)?.into_iter();
     let got_a = rows(out.next().ok_or_else(|| anyhow::anyhow!("missing a"))?)?;
     let got_b = rows(out.next().ok_or_else(|| anyhow::anyhow!("missing b"))?)?;
-    assert_close("batched long", &got_a[0], &r.long[0].last_logits);
-    assert_close("batched short", &got_b[0], r.short.logits.last().map(Vec::as_slice).unwrap_or(&[]));
+    assert_close("batched decode of a", &got_a[0], &r.long[0].last_logits);
+    assert_close("batched decode of b", &got_b[0], &r.short.logits[last_b]);
+    Ok(())
+}
+
+#[test]
+fn a_short_block_table_is_an_error_not_a_panic() -> anyhow::Result<()> {
+    let (model, r) = load("qwen3-tiny")?;
+    let mut pool = model.new_pool(2, 4);
+    let too_long = SequenceInput { tokens: &r.long[0].prompt, past_len: 0, block_table: &[0, 1] };
+    assert!(model.forward(&mut pool, &[too_long], LogitsMode::Last).is_err());
+    let bad_block = SequenceInput { tokens: &r.short.prompt[..2], past_len: 0, block_table: &[7] };
+    assert!(model.forward(&mut pool, &[bad_block], LogitsMode::Last).is_err());
     Ok(())
 }
 

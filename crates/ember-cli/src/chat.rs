@@ -5,16 +5,18 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
-use ember_engine::tokenizer::IncrementalDecoder;
-use ember_engine::{GenerationParams, RenderOptions, generate};
+use ember_engine::{EngineHandle, FinishReason, GenerationEvent, GenerationRequest, RenderOptions, SamplingParams};
 use serde_json::{Value, json};
 
+use crate::engine_args::EngineArgs;
 use crate::model_args::ModelArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// A system message starting every conversation.
     #[arg(long)]
     system: Option<String>,
@@ -30,8 +32,10 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let loaded = args.model.load()?;
-    let (Some(tokenizer), Some(template)) = (&loaded.tokenizer, &loaded.chat_template) else {
-        bail!("{}: chat needs a tokenizer and a chat template", loaded.path.display());
+    let engine = EngineHandle::start(loaded, args.engine.config()?)?;
+    let model = engine.model();
+    let (Some(tokenizer), Some(template)) = (&model.tokenizer, &model.chat_template) else {
+        bail!("{}: chat needs a tokenizer and a chat template", model.path.display());
     };
     let interactive = std::io::stdin().is_terminal();
     let mut seed = args.seed.unwrap_or_else(|| {
@@ -48,7 +52,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let mut history = fresh_history();
     let mut stdout = std::io::stdout().lock();
     if interactive {
-        writeln!(stdout, "ember chat with {} (/reset, /exit)", loaded.path.display())?;
+        writeln!(stdout, "ember chat with {} (/reset, /exit)", model.path.display())?;
     }
     let mut lines = std::io::stdin().lock().lines();
     loop {
@@ -75,28 +79,36 @@ pub fn run(args: ChatArgs) -> Result<()> {
             add_generation_prompt: true,
         })?;
         let prompt = tokenizer.encode(&rendered, false)?;
-        let params = GenerationParams {
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
-            seed,
-            stop_token_ids: loaded.chat_stop_ids(),
+        let request = GenerationRequest {
+            max_tokens: Some(args.max_tokens),
+            sampling: SamplingParams {
+                temperature: args.temperature,
+                seed: Some(seed),
+                ..SamplingParams::default()
+            },
+            stop_token_ids: model.chat_stop_ids(),
+            ..GenerationRequest::new(prompt)
         };
         seed = seed.wrapping_add(1);
-        let mut decoder = IncrementalDecoder::new(tokenizer);
-        let mut stream_error = None;
-        let output = generate(&loaded.model, &prompt, &params, |id| match decoder.push(id) {
-            Ok(piece) => {
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
+        // Earlier turns are in the prefix cache: only the new turn is prefilled.
+        let mut stream = engine.submit(request)?;
+        let mut answer = String::new();
+        while let Some(event) = stream.blocking_next() {
+            match event {
+                GenerationEvent::Delta { text, .. } => {
+                    write!(stdout, "{text}")?;
+                    stdout.flush()?;
+                    answer.push_str(&text);
+                }
+                GenerationEvent::Finished {
+                    reason: FinishReason::Error(message),
+                    ..
+                } => bail!("generation failed: {message}"),
+                GenerationEvent::Finished { .. } => {}
+                GenerationEvent::Done { .. } => break,
             }
-            Err(e) => stream_error = Some(e),
-        })?;
-        if let Some(e) = stream_error {
-            return Err(e).context("decoding the answer");
         }
-        writeln!(stdout, "{}", decoder.finish()?)?;
-        // The history keeps the full decode, not the streamed pieces.
-        let answer = tokenizer.decode(&output.token_ids)?;
+        writeln!(stdout)?;
         history.push(json!({"role": "assistant", "content": answer.trim()}));
     }
     Ok(())

@@ -5,18 +5,23 @@
 //! checks rely on this contract, so keep it stable.
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use ember_engine::tokenizer::IncrementalDecoder;
-use ember_engine::{GenerationParams, LoadedModel, RenderOptions, generate};
+use anyhow::{Result, bail};
+use ember_engine::{
+    EngineHandle, FinishReason, GenerationEvent, GenerationRequest, ModelInfo, RenderOptions, SamplingParams,
+};
 use serde_json::json;
 
+use crate::engine_args::EngineArgs;
 use crate::model_args::ModelArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Prompt text (needs a tokenizer: tokenizer.json or a GGUF).
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
@@ -42,24 +47,24 @@ pub struct GenerateArgs {
 }
 
 /// The prompt as token ids, from ids, plain text, or text in a chat turn.
-fn prompt_ids(args: &GenerateArgs, loaded: &LoadedModel) -> Result<Vec<u32>> {
+fn prompt_ids(args: &GenerateArgs, model: &ModelInfo) -> Result<Vec<u32>> {
     if let Some(ids) = &args.prompt_ids {
         return Ok(ids.clone());
     }
     let Some(text) = &args.prompt else {
         bail!("give --prompt or --prompt-ids");
     };
-    let Some(tokenizer) = &loaded.tokenizer else {
+    let Some(tokenizer) = &model.tokenizer else {
         bail!(
             "{}: no tokenizer.json, so --prompt cannot be used; pass --prompt-ids",
-            loaded.path.display()
+            model.path.display()
         );
     };
     if !args.chat {
         return Ok(tokenizer.encode(text, true)?);
     }
-    let Some(template) = &loaded.chat_template else {
-        bail!("{}: the model has no chat template, so --chat cannot be used", loaded.path.display());
+    let Some(template) = &model.chat_template else {
+        bail!("{}: the model has no chat template, so --chat cannot be used", model.path.display());
     };
     let rendered = template.render(RenderOptions {
         messages: &[json!({"role": "user", "content": text})],
@@ -71,71 +76,92 @@ fn prompt_ids(args: &GenerateArgs, loaded: &LoadedModel) -> Result<Vec<u32>> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let load_start = std::time::Instant::now();
+    let load_start = Instant::now();
     let loaded = args.model.load()?;
     let load_time = load_start.elapsed();
-    let prompt_ids = prompt_ids(&args, &loaded)?;
-    let stop_token_ids = match (args.ignore_eos, args.chat) {
-        (true, _) => Vec::new(),
-        (false, true) => loaded.chat_stop_ids(),
-        (false, false) => loaded.eos_token_ids.clone(),
+    let prompt_ids = prompt_ids(&args, &loaded.info)?;
+    let stop_token_ids = if args.chat && !args.ignore_eos {
+        loaded.info.chat_stop_ids()
+    } else {
+        Vec::new()
     };
-    let params = GenerationParams {
-        max_tokens: args.max_tokens,
-        temperature: args.temperature,
-        seed: args.seed,
+    let has_tokenizer = loaded.info.tokenizer.is_some();
+    let engine = EngineHandle::start(loaded, args.engine.config()?)?;
+    let request = GenerationRequest {
+        max_tokens: Some(args.max_tokens),
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            seed: Some(args.seed),
+            ..SamplingParams::default()
+        },
         stop_token_ids,
+        ignore_eos: args.ignore_eos,
+        ..GenerationRequest::new(prompt_ids.clone())
     };
 
+    let start = Instant::now();
+    let mut stream = engine.submit(request)?;
     let mut stdout = std::io::stdout().lock();
-    let mut decoder = loaded.tokenizer.as_ref().filter(|_| !args.json).map(IncrementalDecoder::new);
-    let mut stream_error = None;
-    let output = generate(&loaded.model, &prompt_ids, &params, |id| {
-        if let Some(d) = decoder.as_mut() {
-            match d.push(id) {
-                Ok(piece) => {
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
+    let mut token_ids = Vec::new();
+    let mut text = String::new();
+    let mut first_token = None;
+    let mut finish = None;
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            GenerationEvent::Delta { text: piece, token_ids: ids, .. } => {
+                first_token.get_or_insert_with(|| start.elapsed());
+                token_ids.extend(ids);
+                text.push_str(&piece);
+                if !args.json && has_tokenizer {
+                    write!(stdout, "{piece}")?;
+                    stdout.flush()?;
                 }
-                Err(e) => stream_error = Some(e),
             }
+            GenerationEvent::Finished { reason, .. } => finish = Some(reason),
+            GenerationEvent::Done { .. } => break,
         }
-    })?;
-    if let Some(e) = stream_error {
-        return Err(e).context("decoding the answer");
+    }
+    let total = start.elapsed();
+    match &finish {
+        Some(FinishReason::Error(message)) => bail!("generation failed: {message}"),
+        None => bail!("the engine stopped before the answer was complete"),
+        Some(_) => {}
     }
     if args.json {
-        let text = match &loaded.tokenizer {
-            Some(t) => Some(t.decode(&output.token_ids)?),
-            None => None,
-        };
         let line = json!({
             "prompt_ids": prompt_ids,
-            "token_ids": output.token_ids,
-            "text": text,
+            "token_ids": token_ids,
+            "text": has_tokenizer.then_some(text),
         });
         writeln!(stdout, "{line}")?;
-    } else if let Some(d) = &decoder {
-        writeln!(stdout, "{}", d.finish()?)?;
+    } else if has_tokenizer {
+        writeln!(stdout)?;
     } else {
-        let ids: Vec<String> = output.token_ids.iter().map(u32::to_string).collect();
+        let ids: Vec<String> = token_ids.iter().map(u32::to_string).collect();
         writeln!(stdout, "{}", ids.join(","))?;
     }
     stdout.flush()?;
-    report_timings(load_time, prompt_ids.len(), &output);
+    let prefill = first_token.unwrap_or(total);
+    report_timings(load_time, prompt_ids.len(), token_ids.len(), prefill, total - prefill, finish);
     Ok(())
 }
 
 /// Timings go to stderr so stdout keeps the JSON contract.
-fn report_timings(load: std::time::Duration, prompt_len: usize, output: &ember_engine::GenerationOutput) {
-    let decoded = output.token_ids.len().saturating_sub(1);
-    let prefill = output.prefill_time.as_secs_f64();
-    let decode = output.decode_time.as_secs_f64();
+fn report_timings(
+    load: Duration,
+    prompt_len: usize,
+    generated: usize,
+    prefill: Duration,
+    decode: Duration,
+    finish: Option<FinishReason>,
+) {
+    let decoded = generated.saturating_sub(1);
+    let (prefill, decode) = (prefill.as_secs_f64(), decode.as_secs_f64());
     eprintln!(
-        "load {:.2}s | prefill {prompt_len} tokens {prefill:.3}s ({:.1} tok/s) | decode {decoded} tokens {decode:.3}s ({:.2} tok/s) | finish {:?}",
+        "load {:.2}s | prefill {prompt_len} tokens {prefill:.3}s ({:.1} tok/s) | decode {decoded} tokens {decode:.3}s ({:.2} tok/s) | finish {}",
         load.as_secs_f64(),
         prompt_len as f64 / prefill.max(1e-9),
         decoded as f64 / decode.max(1e-9),
-        output.finish_reason,
+        finish.as_ref().map_or("none", FinishReason::as_str),
     );
 }

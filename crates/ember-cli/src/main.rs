@@ -3,6 +3,7 @@
 
 mod chat;
 mod device;
+mod engine_args;
 mod generate;
 mod model_args;
 

@@ -33,8 +33,27 @@ pub enum EngineError {
     #[error("invalid sampling parameter `{field}`: {reason}")]
     InvalidParameter { field: &'static str, reason: String },
 
-    #[error("cannot read logits from the device: {0}")]
-    ReadLogits(String),
+    #[error("the logits processor failed: {0}")]
+    LogitsProcessor(String),
+
+    #[error("the request queue is full ({limit} waiting); retry later")]
+    QueueFull { limit: usize },
+
+    #[error(
+        "this model's maximum context length is {max_model_len} tokens, but {prompt} prompt tokens \
+         and {max_tokens} output tokens were requested"
+    )]
+    ContextLength {
+        prompt: usize,
+        max_tokens: usize,
+        max_model_len: usize,
+    },
+
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(String),
+
+    #[error("the engine has stopped")]
+    EngineStopped,
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,18 +1,27 @@
 //! `ember-engine`: turns requests into tokens on top of `ember-model`:
-//! tokenizer, generation settings of a model directory, sampling and the
-//! generation loop. It knows nothing of HTTP.
+//! tokenizer and chat templates, sampling, and the continuous-batching
+//! scheduler over a paged KV cache behind an async `EngineHandle`. It knows
+//! nothing of HTTP.
 
+pub mod block_manager;
 pub mod chat_template;
 pub mod default_model;
+pub mod engine;
 pub mod error;
-pub mod generate;
 pub mod gguf_tokenizer;
 pub mod loaded_model;
-pub mod sampler;
+pub mod metrics;
+pub mod request;
+pub mod sampling;
+mod scheduler;
+pub mod stop;
 pub mod tokenizer;
 
-pub use error::{EngineError, Result};
-pub use generate::{FinishReason, GenerationOutput, GenerationParams, generate};
 pub use chat_template::{ChatTemplate, RenderOptions};
-pub use loaded_model::LoadedModel;
+pub use engine::{Choice, Completion, EngineConfig, EngineHandle, EngineInfo, GenerationStream, KvCacheMemory};
+pub use error::{EngineError, Result};
+pub use loaded_model::{LoadedModel, ModelInfo};
+pub use metrics::{EngineObserver, StatsSnapshot, StepReport};
+pub use request::{FinishReason, GenerationEvent, GenerationRequest, Usage};
+pub use sampling::{LogitsProcessor, LogitsProcessorFactory, SamplingParams, TokenLogprob};
 pub use tokenizer::TextTokenizer;

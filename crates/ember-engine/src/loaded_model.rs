@@ -3,9 +3,10 @@
 //! Hugging Face directory or a GGUF file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ember_model::gguf::{GgufFile, MetadataValue};
-use ember_model::{CausalLm, DType, Device, ModelError};
+use ember_model::{CausalLm, DType, Device, ModelConfig, ModelError};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
@@ -18,14 +19,35 @@ const IM_END: &str = "<|im_end|>";
 
 pub struct LoadedModel {
     pub model: CausalLm,
+    pub info: ModelInfo,
+}
+
+/// Everything about a model except the network itself: what request
+/// handling needs on the caller's thread while the engine thread owns the
+/// network.
+pub struct ModelInfo {
     /// `None` when a directory has no `tokenizer.json`.
-    pub tokenizer: Option<TextTokenizer>,
+    pub tokenizer: Option<Arc<TextTokenizer>>,
     /// `None` when the model ships no chat template.
     pub chat_template: Option<ChatTemplate>,
     /// End-of-sequence ids: config.json + generation_config.json, or GGUF metadata.
     pub eos_token_ids: Vec<u32>,
     /// Where it was loaded from.
     pub path: PathBuf,
+    pub config: ModelConfig,
+}
+
+impl ModelInfo {
+    /// Stop ids for chat: the eos ids plus `<|im_end|>` when the vocabulary has it.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.eos_token_ids.clone();
+        if let Some(id) = self.tokenizer.as_ref().and_then(|t| t.token_id(IM_END)) {
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 impl LoadedModel {
@@ -36,17 +58,6 @@ impl LoadedModel {
         } else {
             Self::from_gguf(path, device, dtype)
         }
-    }
-
-    /// Stop ids for chat: the eos ids plus `<|im_end|>` when the vocabulary has it.
-    pub fn chat_stop_ids(&self) -> Vec<u32> {
-        let mut ids = self.eos_token_ids.clone();
-        if let Some(id) = self.tokenizer.as_ref().and_then(|t| t.token_id(IM_END)) {
-            ids.push(id);
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
     }
 
     fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
@@ -76,13 +87,14 @@ impl LoadedModel {
         }
         eos_token_ids.sort_unstable();
         eos_token_ids.dedup();
-        Ok(Self {
-            model,
-            tokenizer,
+        let info = ModelInfo {
+            tokenizer: tokenizer.map(Arc::new),
             chat_template,
             eos_token_ids,
             path: dir.to_owned(),
-        })
+            config: model.config().clone(),
+        };
+        Ok(Self { model, info })
     }
 
     fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
@@ -115,13 +127,14 @@ impl LoadedModel {
             ),
             None => None,
         };
-        Ok(Self {
-            eos_token_ids: model.config().eos_token_ids.clone(),
-            model,
-            tokenizer,
+        let info = ModelInfo {
+            tokenizer: tokenizer.map(Arc::new),
             chat_template,
+            eos_token_ids: model.config().eos_token_ids.clone(),
             path: path.to_owned(),
-        })
+            config: model.config().clone(),
+        };
+        Ok(Self { model, info })
     }
 }
 

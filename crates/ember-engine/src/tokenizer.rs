@@ -1,6 +1,7 @@
 //! Text <-> token ids through Hugging Face `tokenizers`, from a model
 //! directory's `tokenizer.json`.
 
+use std::ops::Deref;
 use std::path::Path;
 
 use tokenizers::Tokenizer;
@@ -57,15 +58,17 @@ impl TextTokenizer {
 /// character: byte-level tokens of one character are held back until the
 /// character is complete. Follows TGI's `decode_token`: re-decode a short
 /// window (`prefix..`) and emit what it adds beyond `prefix..read`.
-pub struct IncrementalDecoder<'t> {
-    tokenizer: &'t TextTokenizer,
+///
+/// `T` is how the decoder holds the tokenizer: `&TextTokenizer` or an `Arc`.
+pub struct IncrementalDecoder<T: Deref<Target = TextTokenizer>> {
+    tokenizer: T,
     ids: Vec<u32>,
     prefix_offset: usize,
     read_offset: usize,
 }
 
-impl<'t> IncrementalDecoder<'t> {
-    pub fn new(tokenizer: &'t TextTokenizer) -> Self {
+impl<T: Deref<Target = TextTokenizer>> IncrementalDecoder<T> {
+    pub fn new(tokenizer: T) -> Self {
         Self {
             tokenizer,
             ids: Vec::new(),

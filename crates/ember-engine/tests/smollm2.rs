@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use ember_engine::default_model::default_model_path;
-use ember_engine::{GenerationParams, LoadedModel, RenderOptions, generate};
+use ember_engine::{EngineConfig, EngineHandle, GenerationRequest, KvCacheMemory, LoadedModel, RenderOptions, SamplingParams};
 use ember_model::{DType, Device};
 use serde::Deserialize;
 use serde_json::Value;
@@ -39,8 +39,14 @@ fn load() -> anyhow::Result<(LoadedModel, Reference)> {
 #[test]
 fn chats_render_tokenize_and_answer_like_transformers() -> anyhow::Result<()> {
     let (loaded, reference) = load()?;
-    let tokenizer = loaded.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
-    let template = loaded.chat_template.as_ref().ok_or_else(|| anyhow::anyhow!("no template"))?;
+    let config = EngineConfig {
+        kv_cache_memory: KvCacheMemory::Tokens(4096),
+        ..EngineConfig::default()
+    };
+    let engine = EngineHandle::start(loaded, config)?;
+    let model = engine.model();
+    let tokenizer = model.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
+    let template = model.chat_template.as_ref().ok_or_else(|| anyhow::anyhow!("no template"))?;
     assert_eq!(reference.chats.len(), 3);
     for chat in &reference.chats {
         let rendered = template.render(RenderOptions {
@@ -52,15 +58,16 @@ fn chats_render_tokenize_and_answer_like_transformers() -> anyhow::Result<()> {
         let ids = tokenizer.encode(&rendered, false)?;
         assert_eq!(ids, chat.prompt_ids, "{rendered}");
 
-        let params = GenerationParams {
-            max_tokens: chat.greedy_tokens.len(),
-            temperature: 0.0,
-            seed: 0,
-            stop_token_ids: loaded.eos_token_ids.clone(),
+        let request = GenerationRequest {
+            max_tokens: Some(chat.greedy_tokens.len()),
+            sampling: SamplingParams::greedy(),
+            ..GenerationRequest::new(ids)
         };
-        let output = generate(&loaded.model, &ids, &params, |_| {})?;
-        assert_eq!(output.token_ids, chat.greedy_tokens, "{:?}", chat.messages);
-        assert_eq!(tokenizer.decode(&output.token_ids)?, chat.answer);
+        let output = engine.submit(request)?.collect_blocking();
+        let choice = &output.choices[0];
+        assert_eq!(choice.token_ids, chat.greedy_tokens, "{:?}", chat.messages);
+        assert_eq!(tokenizer.decode(&choice.token_ids)?, chat.answer);
+        assert_eq!(choice.text, chat.answer.trim_end_matches("<|im_end|>"));
     }
     Ok(())
 }
@@ -75,10 +82,10 @@ fn gguf_config_and_special_tokens() -> anyhow::Result<()> {
     );
     assert_eq!((config.head_dim, config.vocab_size), (64, 49152));
     assert!(config.tie_word_embeddings);
-    let tokenizer = loaded.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
+    let tokenizer = loaded.info.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
     // Special tokens stay whole and decode away.
     assert_eq!(tokenizer.encode("<|im_start|>user", false)?[0], 1);
     assert_eq!(tokenizer.token_id("<|im_end|>"), Some(2));
-    assert!(loaded.chat_stop_ids().contains(&2));
+    assert!(loaded.info.chat_stop_ids().contains(&2));
     Ok(())
 }

@@ -1,0 +1,235 @@
+//! Which KV pool blocks are free, in use, or holding a cached prefix.
+//!
+//! A full block is identified by a hash of (its parent block's hash, its
+//! token ids), so equal prefixes hash equally and a new request can take
+//! over the blocks of the longest prefix already computed. Blocks nobody
+//! references keep their contents and stay findable until they are needed
+//! for something else, least recently used first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+pub type BlockId = u32;
+
+/// The hash of the (empty) parent of a sequence's first block.
+pub const ROOT_HASH: u64 = 0;
+
+#[derive(Debug, Clone, Default)]
+struct BlockMeta {
+    refs: u32,
+    /// Set while the block is findable in the prefix cache.
+    cached: Option<CachedKey>,
+    /// When it last lost its last reference (LRU order).
+    released_at: u64,
+}
+
+#[derive(Debug, Clone)]
+struct CachedKey {
+    hash: u64,
+    parent: u64,
+    /// Kept to rule out hash collisions on lookup.
+    tokens: Vec<u32>,
+}
+
+pub struct BlockManager {
+    block_size: usize,
+    blocks: Vec<BlockMeta>,
+    /// Unreferenced blocks holding nothing worth keeping.
+    free: Vec<BlockId>,
+    /// Unreferenced cached blocks, oldest release first.
+    evictable: BTreeSet<(u64, BlockId)>,
+    by_hash: HashMap<u64, BlockId>,
+    clock: u64,
+}
+
+impl BlockManager {
+    pub fn new(num_blocks: usize, block_size: usize) -> Self {
+        Self {
+            block_size,
+            blocks: vec![BlockMeta::default(); num_blocks],
+            // Popped from the back: low ids first.
+            free: (0..num_blocks as BlockId).rev().collect(),
+            evictable: BTreeSet::new(),
+            by_hash: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Blocks that can be handed out now (free or evictable).
+    pub fn num_available(&self) -> usize {
+        self.free.len() + self.evictable.len()
+    }
+
+    /// Blocks referenced by at least one sequence.
+    pub fn num_used(&self) -> usize {
+        self.num_blocks() - self.num_available()
+    }
+
+    /// A block for new contents: a free one, else the least recently
+    /// released cached one, which leaves the prefix cache.
+    pub fn allocate(&mut self) -> Option<BlockId> {
+        let block = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let oldest = *self.evictable.iter().next()?;
+                self.evictable.remove(&oldest);
+                let b = oldest.1;
+                if let Some(key) = self.blocks[b as usize].cached.take() {
+                    self.by_hash.remove(&key.hash);
+                }
+                b
+            }
+        };
+        self.blocks[block as usize].refs = 1;
+        Some(block)
+    }
+
+    /// Drops one reference; an unreferenced cached block stays findable.
+    pub fn release(&mut self, block: BlockId) {
+        let meta = &mut self.blocks[block as usize];
+        meta.refs = meta.refs.saturating_sub(1);
+        if meta.refs > 0 {
+            return;
+        }
+        self.clock += 1;
+        meta.released_at = self.clock;
+        if meta.cached.is_some() {
+            self.evictable.insert((self.clock, block));
+        } else {
+            self.free.push(block);
+        }
+    }
+
+    /// Releases every block of a table.
+    pub fn release_all(&mut self, blocks: &mut Vec<BlockId>) {
+        for b in blocks.drain(..) {
+            self.release(b);
+        }
+    }
+
+    /// The blocks caching the longest prefix of `tokens`, in whole blocks
+    /// and at most `max_blocks`, each now referenced by the caller; with
+    /// their hashes for chaining the next block.
+    pub fn match_prefix(&mut self, tokens: &[u32], max_blocks: usize) -> Vec<(BlockId, u64)> {
+        let mut found = Vec::new();
+        let mut parent = ROOT_HASH;
+        for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
+            let hash = block_hash(parent, chunk);
+            let Some(&block) = self.by_hash.get(&hash) else { break };
+            let meta = &self.blocks[block as usize];
+            let same = meta.cached.as_ref().is_some_and(|k| k.parent == parent && k.tokens == chunk);
+            if !same {
+                break;
+            }
+            if meta.refs == 0 {
+                self.evictable.remove(&(meta.released_at, block));
+            }
+            self.blocks[block as usize].refs += 1;
+            found.push((block, hash));
+            parent = hash;
+        }
+        found
+    }
+
+    /// Makes a block that now holds `tokens` (a full block after `parent`)
+    /// findable, and returns its hash. If an equal block is already cached
+    /// (two sequences computed the same prefix), the existing one stays and
+    /// this block is left out of the cache.
+    pub fn register_full(&mut self, block: BlockId, parent: u64, tokens: &[u32]) -> u64 {
+        let hash = block_hash(parent, tokens);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.by_hash.entry(hash) {
+            slot.insert(block);
+            self.blocks[block as usize].cached = Some(CachedKey {
+                hash,
+                parent,
+                tokens: tokens.to_vec(),
+            });
+        }
+        hash
+    }
+
+    /// Forgets every cached prefix (after the pool's contents were lost).
+    pub fn clear_cache(&mut self) {
+        self.by_hash.clear();
+        for (_, b) in std::mem::take(&mut self.evictable) {
+            self.free.push(b);
+        }
+        for meta in &mut self.blocks {
+            meta.cached = None;
+        }
+    }
+}
+
+fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    // Keep ROOT_HASH for "no parent".
+    h.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Allocates and registers `tokens` as consecutive full blocks.
+    fn cache_blocks(m: &mut BlockManager, tokens: &[u32]) -> Vec<BlockId> {
+        let mut parent = ROOT_HASH;
+        let mut table = Vec::new();
+        for chunk in tokens.chunks_exact(m.block_size()) {
+            let b = m.allocate().unwrap_or(BlockId::MAX);
+            parent = m.register_full(b, parent, chunk);
+            table.push(b);
+        }
+        table
+    }
+
+    #[test]
+    fn a_released_prefix_is_found_again_and_a_different_one_is_not() {
+        let mut m = BlockManager::new(8, 2);
+        let mut table = cache_blocks(&mut m, &[1, 2, 3, 4, 5, 6]);
+        m.release_all(&mut table);
+        assert_eq!(m.num_available(), 8);
+        let hit = m.match_prefix(&[1, 2, 3, 4, 9, 9], 3);
+        assert_eq!(hit.len(), 2);
+        assert_eq!(m.num_used(), 2);
+        // Same second block after a different first block: no match.
+        assert!(m.match_prefix(&[7, 7, 3, 4], 2).is_empty());
+    }
+
+    #[test]
+    fn eviction_takes_free_blocks_first_then_the_least_recently_released() {
+        let mut m = BlockManager::new(3, 1);
+        let a = cache_blocks(&mut m, &[10]);
+        let b = cache_blocks(&mut m, &[20]);
+        m.release(a[0]);
+        m.release(b[0]);
+        let fresh = m.allocate();
+        assert!(fresh.is_some() && fresh != Some(a[0]) && fresh != Some(b[0]));
+        // Next allocation evicts a (released first); b stays findable.
+        assert_eq!(m.allocate(), Some(a[0]));
+        assert!(m.match_prefix(&[10], 1).is_empty());
+        assert_eq!(m.match_prefix(&[20], 1).len(), 1);
+        assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn shared_blocks_are_freed_only_by_their_last_reference() {
+        let mut m = BlockManager::new(2, 1);
+        let t = cache_blocks(&mut m, &[5]);
+        let shared = m.match_prefix(&[5], 1);
+        assert_eq!(shared[0].0, t[0]);
+        m.release(t[0]);
+        assert_eq!(m.num_used(), 1);
+        m.release(t[0]);
+        assert_eq!(m.num_used(), 0);
+    }
+}

@@ -1,0 +1,457 @@
+//! The engine's public face: `EngineHandle::start` moves the model onto its
+//! own thread, where the scheduler runs steps for as long as there is work;
+//! `submit` validates a request on the caller's thread and returns a stream
+//! of its events. The handle is `Send + Sync + Clone`; the engine thread ends
+//! when every handle is dropped and the last request is done.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use ember_model::KvPool;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use crate::error::{EngineError, Result};
+use crate::loaded_model::{LoadedModel, ModelInfo};
+use crate::metrics::{EngineObserver, EngineStats, StatsSnapshot};
+use crate::request::{FinishReason, GenerationEvent, GenerationRequest, Usage};
+use crate::sampling::{Sampler, TokenLogprob};
+use crate::scheduler::{Group, Scheduler, SchedulerConfig, Sequence};
+use crate::stop::StopMatcher;
+use crate::tokenizer::IncrementalDecoder;
+
+/// The most choices one request may ask for.
+pub const MAX_N: usize = 16;
+
+/// How much memory the KV pool gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KvCacheMemory {
+    Bytes(u64),
+    /// Of the memory available (`MemAvailable`) once the model is loaded.
+    /// On a GPU device this is host memory: give `Bytes` there.
+    FractionOfAvailable(f64),
+    /// Room for this many tokens.
+    Tokens(usize),
+}
+
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    pub kv_cache_memory: KvCacheMemory,
+    /// Tokens one step may compute (decode tokens plus prefill chunks); long
+    /// prompts are prefilled in chunks of at most this.
+    pub max_num_batched_tokens: usize,
+    /// Sequences one step may run.
+    pub max_num_seqs: usize,
+    /// Requests that may wait for admission before `submit` says `QueueFull`.
+    pub max_queue_len: usize,
+    /// Caps the model's own window (prompt + output).
+    pub max_model_len: Option<usize>,
+    pub observer: Option<Arc<dyn EngineObserver>>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_memory: KvCacheMemory::FractionOfAvailable(0.2),
+            // CPU prefill runs a few hundred tokens/s: bigger chunks would
+            // stall running streams for seconds.
+            max_num_batched_tokens: 512,
+            max_num_seqs: 128,
+            max_queue_len: 512,
+            max_model_len: None,
+            observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("block_size", &self.block_size)
+            .field("kv_cache_memory", &self.kv_cache_memory)
+            .field("max_num_batched_tokens", &self.max_num_batched_tokens)
+            .field("max_num_seqs", &self.max_num_seqs)
+            .field("max_queue_len", &self.max_queue_len)
+            .field("max_model_len", &self.max_model_len)
+            .finish()
+    }
+}
+
+/// What the engine settled on at start, for the start-up report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInfo {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub kv_cache_bytes: u64,
+    /// Prompt + output limit of one request.
+    pub max_model_len: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub max_queue_len: usize,
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KV cache {:.1} MiB: {} blocks x {} tokens ({} tokens); max_model_len {}, \
+             max_num_batched_tokens {}, max_num_seqs {}, queue {}",
+            self.kv_cache_bytes as f64 / (1024.0 * 1024.0),
+            self.num_blocks,
+            self.block_size,
+            self.num_blocks * self.block_size,
+            self.max_model_len,
+            self.max_num_batched_tokens,
+            self.max_num_seqs,
+            self.max_queue_len,
+        )
+    }
+}
+
+struct Incoming {
+    id: u64,
+    group: Group,
+    sequences: Vec<Sequence>,
+}
+
+struct Shared {
+    requests: Mutex<Sender<Incoming>>,
+    stats: Arc<EngineStats>,
+    info: EngineInfo,
+    model: ModelInfo,
+    next_id: AtomicU64,
+}
+
+/// A cheap, cloneable way to submit requests to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    /// Sizes the KV pool, moves the model onto the engine thread and starts it.
+    pub fn start(loaded: LoadedModel, config: EngineConfig) -> Result<Self> {
+        let LoadedModel { model, info: model_info } = loaded;
+        if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0 {
+            return Err(EngineError::InvalidConfig(
+                "block_size, max_num_batched_tokens and max_num_seqs must be positive".into(),
+            ));
+        }
+        let bytes_per_block = KvPool::bytes_per_block(model.config(), config.block_size, model.dtype()) as u64;
+        let budget = match config.kv_cache_memory {
+            KvCacheMemory::Bytes(b) => b,
+            KvCacheMemory::Tokens(t) => (t.div_ceil(config.block_size) as u64) * bytes_per_block,
+            KvCacheMemory::FractionOfAvailable(f) => (available_memory()? as f64 * f.clamp(0.0, 1.0)) as u64,
+        };
+        let num_blocks = (budget / bytes_per_block) as usize;
+        if num_blocks == 0 {
+            return Err(EngineError::InvalidConfig(format!(
+                "a KV cache of {budget} bytes holds no block of {bytes_per_block} bytes"
+            )));
+        }
+        let max_model_len = [
+            Some(model.config().max_position_embeddings),
+            config.max_model_len,
+            Some(num_blocks * config.block_size),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0);
+        let info = EngineInfo {
+            num_blocks,
+            block_size: config.block_size,
+            kv_cache_bytes: num_blocks as u64 * bytes_per_block,
+            max_model_len,
+            max_num_batched_tokens: config.max_num_batched_tokens,
+            max_num_seqs: config.max_num_seqs,
+            max_queue_len: config.max_queue_len,
+        };
+        let stats = Arc::new(EngineStats::default());
+        let scheduler = Scheduler::new(
+            model,
+            num_blocks,
+            config.block_size,
+            SchedulerConfig {
+                max_num_batched_tokens: config.max_num_batched_tokens,
+                max_num_seqs: config.max_num_seqs,
+            },
+            stats.clone(),
+            config.observer.clone(),
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("ember-engine".into())
+            .spawn(move || engine_loop(scheduler, rx))
+            .map_err(|e| EngineError::InvalidConfig(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                requests: Mutex::new(tx),
+                stats,
+                info,
+                model: model_info,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.shared.info
+    }
+
+    /// Tokenizer, chat template and stop ids of the served model.
+    pub fn model(&self) -> &ModelInfo {
+        &self.shared.model
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Queues a request. Everything that can be checked before it runs is
+    /// checked here, so a bad request never reaches the batch.
+    pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
+        let plan = self.validate(&request)?;
+        let shared = &self.shared;
+        let waiting = shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        if waiting as usize >= shared.info.max_queue_len {
+            shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::QueueFull {
+                limit: shared.info.max_queue_len,
+            });
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = unbounded_channel();
+        let seed = request.sampling.seed.unwrap_or_else(rand::random);
+        let mut stop_ids = request.stop_token_ids.clone();
+        if !request.ignore_eos {
+            stop_ids.extend(&shared.model.eos_token_ids);
+        }
+        let stop_ids: Arc<[u32]> = stop_ids.into();
+        let sequences = (0..request.n)
+            .map(|index| {
+                Sequence::new(
+                    id,
+                    index,
+                    request.prompt.clone(),
+                    plan.max_tokens,
+                    stop_ids.clone(),
+                    Sampler::new(request.sampling.clone(), seed.wrapping_add(index as u64)),
+                    request.logits_processor.as_ref().map(|f| f.create()),
+                    shared.model.tokenizer.clone().map(IncrementalDecoder::new),
+                    StopMatcher::new(&request.stop),
+                )
+            })
+            .collect();
+        let group = Group {
+            tx,
+            unfinished: request.n,
+            usage: Usage {
+                prompt_tokens: request.prompt.len(),
+                ..Usage::default()
+            },
+            arrived: Instant::now(),
+            leader_prefilled: false,
+            counted_waiting: true,
+        };
+        let sent = shared
+            .requests
+            .lock()
+            .map_err(|_| EngineError::EngineStopped)?
+            .send(Incoming { id, group, sequences });
+        if sent.is_err() {
+            shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::EngineStopped);
+        }
+        Ok(GenerationStream {
+            events: rx,
+            prompt_tokens: request.prompt.len(),
+        })
+    }
+
+    fn validate(&self, request: &GenerationRequest) -> Result<ValidPlan> {
+        let info = &self.shared.info;
+        let vocab = self.shared.model.config.vocab_size;
+        if request.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if let Some(&token) = request.prompt.iter().chain(&request.stop_token_ids).find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParameter {
+                field: "prompt",
+                reason: format!("token id {token} is outside the vocabulary (size {vocab})"),
+            });
+        }
+        request.sampling.validate()?;
+        if request.sampling.top_logprobs > 0 && !request.sampling.logprobs {
+            return Err(EngineError::InvalidParameter {
+                field: "top_logprobs",
+                reason: "needs logprobs".into(),
+            });
+        }
+        if request.n == 0 || request.n > MAX_N.min(info.max_num_seqs) {
+            return Err(EngineError::InvalidParameter {
+                field: "n",
+                reason: format!("{} is not in 1..={}", request.n, MAX_N.min(info.max_num_seqs)),
+            });
+        }
+        let prompt = request.prompt.len();
+        let room = info.max_model_len.saturating_sub(prompt);
+        let max_tokens = match request.max_tokens {
+            Some(0) => {
+                return Err(EngineError::InvalidParameter {
+                    field: "max_tokens",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Some(m) => m,
+            None => room,
+        };
+        if room == 0 || max_tokens > room {
+            return Err(EngineError::ContextLength {
+                prompt,
+                max_tokens,
+                max_model_len: info.max_model_len,
+            });
+        }
+        Ok(ValidPlan { max_tokens })
+    }
+}
+
+struct ValidPlan {
+    max_tokens: usize,
+}
+
+/// Steps while there is work; blocks for requests when idle.
+fn engine_loop(mut scheduler: Scheduler, requests: Receiver<Incoming>) {
+    let mut open = true;
+    loop {
+        if !scheduler.has_work() {
+            if !open {
+                return;
+            }
+            match requests.recv() {
+                Ok(r) => scheduler.add(r.id, r.group, r.sequences),
+                Err(_) => return,
+            }
+        }
+        while open {
+            match requests.try_recv() {
+                Ok(r) => scheduler.add(r.id, r.group, r.sequences),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        scheduler.step();
+    }
+}
+
+/// The events of one request. Dropping it cancels the request: the engine
+/// notices at its next step and frees the request's blocks.
+pub struct GenerationStream {
+    events: UnboundedReceiver<GenerationEvent>,
+    prompt_tokens: usize,
+}
+
+impl GenerationStream {
+    pub async fn next_event(&mut self) -> Option<GenerationEvent> {
+        self.events.recv().await
+    }
+
+    /// For threads outside any async runtime (the CLI, benchmarks).
+    pub fn blocking_next(&mut self) -> Option<GenerationEvent> {
+        self.events.blocking_recv()
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Waits for the whole request (outside any async runtime).
+    pub fn collect_blocking(mut self) -> Completion {
+        let mut completion = Completion::default();
+        while let Some(event) = self.blocking_next() {
+            if completion.absorb(event) {
+                break;
+            }
+        }
+        completion
+    }
+}
+
+impl futures_core::Stream for GenerationStream {
+    type Item = GenerationEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// One choice, accumulated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Choice {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A whole request's result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Completion {
+    pub choices: Vec<Choice>,
+    /// `None` if the engine stopped before the request was done.
+    pub usage: Option<Usage>,
+}
+
+impl Completion {
+    /// Adds one event; true after the final `Done`.
+    pub fn absorb(&mut self, event: GenerationEvent) -> bool {
+        let choice = |choices: &mut Vec<Choice>, index: usize| -> usize {
+            if choices.len() <= index {
+                choices.resize_with(index + 1, Choice::default);
+            }
+            index
+        };
+        match event {
+            GenerationEvent::Delta {
+                index,
+                text,
+                token_ids,
+                logprobs,
+            } => {
+                let i = choice(&mut self.choices, index);
+                let c = &mut self.choices[i];
+                c.text.push_str(&text);
+                c.token_ids.extend(token_ids);
+                c.logprobs.extend(logprobs);
+                false
+            }
+            GenerationEvent::Finished { index, reason } => {
+                let i = choice(&mut self.choices, index);
+                self.choices[i].finish_reason = Some(reason);
+                false
+            }
+            GenerationEvent::Done { usage } => {
+                self.usage = Some(usage);
+                true
+            }
+        }
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn available_memory() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| EngineError::InvalidConfig(format!("cannot read /proc/meminfo to size the KV cache ({e}); give its size in bytes")))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| EngineError::InvalidConfig("no MemAvailable in /proc/meminfo; give the KV cache size in bytes".into()))
+}

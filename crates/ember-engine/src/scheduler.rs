@@ -459,10 +459,10 @@ impl Scheduler {
                 }
             }
             let cancelled = usize::from(reason == FinishReason::Cancelled);
-            if let Some(group) = finish_in_group(&mut self.groups, &self.stats, seq.group, cancelled) {
-                if let Some(o) = &self.observer {
-                    o.on_request_finished(&reason, &group.usage, group.arrived.elapsed());
-                }
+            if let Some(group) = finish_in_group(&mut self.groups, &self.stats, seq.group, cancelled)
+                && let Some(o) = &self.observer
+            {
+                o.on_request_finished(&reason, &group.usage, group.arrived.elapsed());
             }
         }
     }
@@ -480,12 +480,13 @@ fn finish_in_group(groups: &mut HashMap<u64, Group>, stats: &EngineStats, id: u6
     if group.counted_waiting {
         stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let _ = group.tx.send(GenerationEvent::Done { usage: group.usage });
+    // Counted before `Done` goes out, so a caller that saw `Done` sees the count.
     if group.tx.is_closed() || cancelled > 0 {
         metrics::add(&stats.requests_cancelled, 1);
     } else {
         metrics::add(&stats.requests_finished, 1);
     }
+    let _ = group.tx.send(GenerationEvent::Done { usage: group.usage });
     Some(group)
 }
 

@@ -32,7 +32,7 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let loaded = args.model.load()?;
-    let engine = EngineHandle::start(loaded, args.engine.config()?)?;
+    let engine = EngineHandle::start(loaded, args.engine.single_sequence_config()?)?;
     let model = engine.model();
     let (Some(tokenizer), Some(template)) = (&model.tokenizer, &model.chat_template) else {
         bail!("{}: chat needs a tokenizer and a chat template", model.path.display());

@@ -38,6 +38,15 @@ impl EngineArgs {
             observer: None,
         })
     }
+
+    /// For commands that run one sequence at a time: the pool then holds at
+    /// most one full window instead of a fraction of memory.
+    pub fn single_sequence_config(&self) -> Result<EngineConfig> {
+        Ok(EngineConfig {
+            max_num_seqs: 1,
+            ..self.config()?
+        })
+    }
 }
 
 /// `0.2` is a fraction of available memory; `512MiB`, `2G`, `1000000` are bytes.

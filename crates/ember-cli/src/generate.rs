@@ -86,7 +86,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Vec::new()
     };
     let has_tokenizer = loaded.info.tokenizer.is_some();
-    let engine = EngineHandle::start(loaded, args.engine.config()?)?;
+    let engine = EngineHandle::start(loaded, args.engine.single_sequence_config()?)?;
     let request = GenerationRequest {
         max_tokens: Some(args.max_tokens),
         sampling: SamplingParams {

@@ -1,6 +1,7 @@
 //! `ember`: the command-line entry point. Thin by design: parsing and
 //! printing here, everything else in the library crates.
 
+mod bench;
 mod chat;
 mod device;
 mod engine_args;
@@ -22,6 +23,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with a model in the terminal.
     Chat(chat::ChatArgs),
+    /// Measure throughput and latency under concurrent load.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

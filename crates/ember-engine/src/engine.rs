@@ -32,6 +32,8 @@ pub enum KvCacheMemory {
     Bytes(u64),
     /// Of the memory available (`MemAvailable`) once the model is loaded.
     /// On a GPU device this is host memory: give `Bytes` there.
+    /// Either way the pool is allocated up front, and never made larger than
+    /// `max_num_seqs` full-length sequences need.
     FractionOfAvailable(f64),
     /// Room for this many tokens.
     Tokens(usize),
@@ -149,7 +151,10 @@ impl EngineHandle {
             KvCacheMemory::Tokens(t) => (t.div_ceil(config.block_size) as u64) * bytes_per_block,
             KvCacheMemory::FractionOfAvailable(f) => (available_memory()? as f64 * f.clamp(0.0, 1.0)) as u64,
         };
-        let num_blocks = (budget / bytes_per_block) as usize;
+        // More blocks than max_num_seqs full windows could never be used.
+        let window = config.max_model_len.unwrap_or(usize::MAX).min(model.config().max_position_embeddings);
+        let useful_blocks = config.max_num_seqs.saturating_mul(window.div_ceil(config.block_size));
+        let num_blocks = ((budget / bytes_per_block) as usize).min(useful_blocks);
         if num_blocks == 0 {
             return Err(EngineError::InvalidConfig(format!(
                 "a KV cache of {budget} bytes holds no block of {bytes_per_block} bytes"

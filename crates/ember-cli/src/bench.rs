@@ -1,0 +1,307 @@
+//! `ember bench`: offered load against the engine. At each concurrency `c`,
+//! `c` clients submit fixed-length requests back to back (a closed loop)
+//! until the level's request count is done; we time each stream from the
+//! client's side and print requests/s, output tokens/s, TTFT and
+//! inter-token latency percentiles, and peak memory per level: a table,
+//! then the same as one JSON object on the last stdout line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use ember_engine::{EngineHandle, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
+use serde::Serialize;
+
+use crate::engine_args::EngineArgs;
+use crate::model_args::ModelArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Concurrency levels, run in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    concurrency: Vec<usize>,
+    /// Prompt tokens per request.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Output tokens per request (end-of-sequence ids are ignored).
+    #[arg(long, default_value_t = 64)]
+    output_len: usize,
+    /// Requests per level [default: twice the concurrency, at least 8].
+    #[arg(long)]
+    requests: Option<usize>,
+}
+
+/// One request as the client saw it.
+struct Timing {
+    ttft: Duration,
+    gaps: Vec<Duration>,
+    tokens: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Level {
+    concurrency: usize,
+    requests: usize,
+    duration_s: f64,
+    requests_per_s: f64,
+    output_tokens_per_s: f64,
+    ttft_p50_ms: f64,
+    ttft_p99_ms: f64,
+    itl_p50_ms: f64,
+    itl_p99_ms: f64,
+    peak_rss_mib: Option<f64>,
+    mean_batch_size: f64,
+    preemptions: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    device: String,
+    prompt_len: usize,
+    output_len: usize,
+    levels: Vec<Level>,
+    /// Output tokens/s at concurrency 16 over concurrency 1, when both ran.
+    throughput_ratio_16_to_1: Option<f64>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.prompt_len == 0 || args.output_len == 0 || args.concurrency.contains(&0) {
+        bail!("--prompt-len, --output-len and every --concurrency must be positive");
+    }
+    let loaded = args.model.load()?;
+    let model_name = loaded.info.path.display().to_string();
+    let engine = EngineHandle::start(loaded, args.engine.config()?)?;
+    eprintln!("{}", engine.info());
+    let vocab = engine.model().config.vocab_size as u64;
+
+    // One short request first: the first forward pays one-time costs.
+    engine
+        .submit(request(0, 8.min(args.prompt_len), 2, vocab))?
+        .collect_blocking();
+
+    let mut levels = Vec::new();
+    let mut next_prompt = 1;
+    for &c in &args.concurrency {
+        let count = args.requests.unwrap_or((2 * c).max(8));
+        reset_peak_rss();
+        let before = engine.stats();
+        let started = Instant::now();
+        let timings = run_level(&engine, c, count, next_prompt, &args, vocab)?;
+        let duration = started.elapsed().as_secs_f64();
+        let after = engine.stats();
+        next_prompt += count;
+        let mut ttft: Vec<f64> = timings.iter().map(|t| ms(t.ttft)).collect();
+        let mut itl: Vec<f64> = timings.iter().flat_map(|t| t.gaps.iter().map(|&g| ms(g))).collect();
+        let tokens: usize = timings.iter().map(|t| t.tokens).sum();
+        let steps = (after.steps - before.steps).max(1);
+        let level = Level {
+            concurrency: c,
+            requests: count,
+            duration_s: duration,
+            requests_per_s: count as f64 / duration,
+            output_tokens_per_s: tokens as f64 / duration,
+            ttft_p50_ms: percentile(&mut ttft, 50.0),
+            ttft_p99_ms: percentile(&mut ttft, 99.0),
+            itl_p50_ms: percentile(&mut itl, 50.0),
+            itl_p99_ms: percentile(&mut itl, 99.0),
+            peak_rss_mib: peak_rss_mib(),
+            // Every sampled token is one sequence-step of a batch.
+            mean_batch_size: (after.generated_tokens - before.generated_tokens) as f64 / steps as f64,
+            preemptions: after.preemptions - before.preemptions,
+        };
+        eprintln!(
+            "concurrency {c}: {:.2} req/s, {:.1} tok/s",
+            level.requests_per_s, level.output_tokens_per_s
+        );
+        levels.push(level);
+    }
+    let throughput = |c: usize| levels.iter().find(|l| l.concurrency == c).map(|l| l.output_tokens_per_s);
+    let report = Report {
+        model: model_name,
+        device: format!("{:?}", args.model.device),
+        prompt_len: args.prompt_len,
+        output_len: args.output_len,
+        throughput_ratio_16_to_1: throughput(16).zip(throughput(1)).map(|(a, b)| a / b),
+        levels,
+    };
+    print_table(&report);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `concurrency` clients take request numbers from a shared counter until
+/// `count` are done.
+fn run_level(
+    engine: &EngineHandle,
+    concurrency: usize,
+    count: usize,
+    first_prompt: usize,
+    args: &BenchArgs,
+    vocab: u64,
+) -> Result<Vec<Timing>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (engine, next) = (engine.clone(), next.clone());
+            let (prompt_len, output_len) = (args.prompt_len, args.output_len);
+            std::thread::spawn(move || -> Result<Vec<Timing>> {
+                let mut timings = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok(timings);
+                    }
+                    let req = request(first_prompt + i, prompt_len, output_len, vocab);
+                    timings.push(time_request(&engine, req)?);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    for client in clients {
+        let timings = client.join().map_err(|_| anyhow::anyhow!("a bench client panicked"))??;
+        all.extend(timings);
+    }
+    Ok(all)
+}
+
+fn time_request(engine: &EngineHandle, request: GenerationRequest) -> Result<Timing> {
+    let submitted = Instant::now();
+    let mut stream = engine.submit(request)?;
+    let mut last = None;
+    let mut timing = Timing {
+        ttft: Duration::ZERO,
+        gaps: Vec::new(),
+        tokens: 0,
+    };
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            GenerationEvent::Delta { token_ids, .. } => {
+                let now = Instant::now();
+                match last {
+                    None => timing.ttft = now - submitted,
+                    Some(prev) => timing.gaps.push(now - prev),
+                }
+                last = Some(now);
+                timing.tokens += token_ids.len();
+            }
+            GenerationEvent::Finished {
+                reason: FinishReason::Error(message),
+                ..
+            } => bail!("a bench request failed: {message}"),
+            GenerationEvent::Finished { .. } => {}
+            GenerationEvent::Done { .. } => break,
+        }
+    }
+    Ok(timing)
+}
+
+/// A greedy request with its own pseudo-random prompt, so requests do not
+/// share cached prefixes.
+fn request(number: usize, prompt_len: usize, output_len: usize, vocab: u64) -> GenerationRequest {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (number as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let prompt = (0..prompt_len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab) as u32
+        })
+        .collect();
+    GenerationRequest {
+        max_tokens: Some(output_len),
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..GenerationRequest::new(prompt)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Nearest-rank percentile; 0 for no samples.
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+/// Resets the kernel's peak-RSS mark (VmHWM) so each level reports its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "model {} on {} | prompt {} tokens, output {} tokens",
+        report.model, report.device, report.prompt_len, report.output_len
+    );
+    println!(
+        "{:>5} {:>5} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>6} {:>8}",
+        "conc", "reqs", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "peak MiB", "batch", "preempt"
+    );
+    for l in &report.levels {
+        println!(
+            "{:>5} {:>5} {:>8.2} {:>9.1} {:>8.0}ms {:>8.0}ms {:>7.1}ms {:>7.1}ms {:>9} {:>6.1} {:>8}",
+            l.concurrency,
+            l.requests,
+            l.requests_per_s,
+            l.output_tokens_per_s,
+            l.ttft_p50_ms,
+            l.ttft_p99_ms,
+            l.itl_p50_ms,
+            l.itl_p99_ms,
+            l.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            l.mean_batch_size,
+            l.preemptions,
+        );
+    }
+    if let Some(r) = report.throughput_ratio_16_to_1 {
+        println!("throughput at 16 concurrent streams / 1 stream: {r:.2}x");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), 50.0);
+        assert_eq!(percentile(&mut v, 99.0), 99.0);
+        assert_eq!(percentile(&mut [3.0], 99.0), 3.0);
+        assert_eq!(percentile(&mut [], 50.0), 0.0);
+    }
+
+    #[test]
+    fn bench_prompts_differ_and_stay_in_the_vocabulary() {
+        let a = request(1, 64, 4, 100).prompt;
+        let b = request(2, 64, 4, 100).prompt;
+        assert_ne!(a, b);
+        assert!(a.iter().chain(&b).all(|&t| t < 100));
+    }
+}

@@ -51,6 +51,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     };
     let mut history = fresh_history();
     let mut stdout = std::io::stdout().lock();
+    eprintln!("{}", engine.info());
     if interactive {
         writeln!(stdout, "ember chat with {} (/reset, /exit)", model.path.display())?;
     }

@@ -87,6 +87,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let has_tokenizer = loaded.info.tokenizer.is_some();
     let engine = EngineHandle::start(loaded, args.engine.single_sequence_config()?)?;
+    eprintln!("{}", engine.info());
     let request = GenerationRequest {
         max_tokens: Some(args.max_tokens),
         sampling: SamplingParams {

@@ -4,12 +4,14 @@
 #      end-to-end tests (the last on the default model, fetched once);
 #   2. the tiny-model parity tests again on the wgpu device, over the lavapipe
 #      software Vulkan driver (slow kernel compilation: tiny models only);
-#   3. a type-check of the `cuda` feature (its LLVM bundle cannot be
+#   3. the official `openai` Python SDK and curl against a running
+#      `ember serve` on the default model (scripts/client-tests.sh);
+#   4. a type-check of the `cuda` feature (its LLVM bundle cannot be
 #      downloaded here; DOCS_RS=1 makes the bundler skip the download).
 # Steps 1 and 2 share one build: the workspace is compiled once with the wgpu
 # features on (the tests still default to the flex device), so Burn is not
 # compiled twice with two feature sets.
-# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 3 locally.
+# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 4 locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
@@ -32,6 +34,9 @@ if [ "${EMBER_SKIP_WGPU:-0}" != 1 ]; then
   [ -n "$lvp" ] && export VK_ICD_FILENAMES="$lvp"
   EMBER_TEST_DEVICE=wgpu cargo test --release --locked --workspace "${features[@]}" --test parity
 fi
+
+step "client tests against ember serve"
+scripts/client-tests.sh "${CARGO_TARGET_DIR:-target}/release/ember"
 
 if [ "${EMBER_SKIP_CUDA_CHECK:-0}" != 1 ]; then
   step "type-check --features cuda"

@@ -7,6 +7,7 @@ mod device;
 mod engine_args;
 mod generate;
 mod model_args;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with a model in the terminal.
     Chat(chat::ChatArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Measure throughput and latency under concurrent load.
     Bench(bench::BenchArgs),
 }
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -24,17 +24,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn path(&self) -> Result<PathBuf> {
-        if let Some(path) = &self.model {
-            return Ok(path.clone());
+        match &self.model {
+            Some(path) => Ok(path.clone()),
+            None => default_model(),
         }
-        let default = default_model_path();
-        if !default.is_file() {
-            bail!(
-                "no --model given and the default model is not at {}; fetch it with scripts/fetch-default-model.sh",
-                default.display()
-            );
-        }
-        Ok(default)
     }
 
     pub fn load(&self) -> Result<LoadedModel> {
@@ -43,4 +36,16 @@ impl ModelArgs {
         LoadedModel::open(&path, &device, self.dtype.dtype())
             .with_context(|| format!("loading model from {}", path.display()))
     }
+}
+
+/// The default model's path, or an error saying how to fetch it.
+pub fn default_model() -> Result<PathBuf> {
+    let default = default_model_path();
+    if !default.is_file() {
+        bail!(
+            "no --model given and the default model is not at {}; fetch it with scripts/fetch-default-model.sh",
+            default.display()
+        );
+    }
+    Ok(default)
 }

@@ -39,6 +39,39 @@ pub enum KvCacheMemory {
     Tokens(usize),
 }
 
+impl std::str::FromStr for KvCacheMemory {
+    type Err = EngineError;
+
+    /// `0.2` is a fraction of available memory; `512MiB`, `2G`, `1000000` are bytes.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |why: String| EngineError::InvalidConfig(format!("kv_cache_memory {text:?}: {why}"));
+        let t = text.trim();
+        if t.contains('.') {
+            let f: f64 = t.parse().map_err(|_| bad("not a fraction like 0.2 nor a size like 2GiB".into()))?;
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(bad("a fraction must be in (0, 1]".into()));
+            }
+            return Ok(Self::FractionOfAvailable(f));
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| bad("not a fraction like 0.2 nor a size like 2GiB".into()))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "m" | "mb" => 1_000_000,
+            "g" | "gb" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            other => return Err(bad(format!("unknown unit {other:?}"))),
+        };
+        Ok(Self::Bytes(number.saturating_mul(scale)))
+    }
+}
+
 #[derive(Clone)]
 pub struct EngineConfig {
     /// Tokens per KV block.
@@ -459,4 +492,21 @@ fn available_memory() -> Result<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .ok_or_else(|| EngineError::InvalidConfig("no MemAvailable in /proc/meminfo; give the KV cache size in bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_memory_parses_sizes_and_fractions() -> Result<()> {
+        assert_eq!("0.25".parse::<KvCacheMemory>()?, KvCacheMemory::FractionOfAvailable(0.25));
+        assert_eq!("2GiB".parse::<KvCacheMemory>()?, KvCacheMemory::Bytes(2 << 30));
+        assert_eq!("512M".parse::<KvCacheMemory>()?, KvCacheMemory::Bytes(512_000_000));
+        assert_eq!("4096".parse::<KvCacheMemory>()?, KvCacheMemory::Bytes(4096));
+        for bad in ["1.5", "x", "3 parsecs", "0.0", ""] {
+            assert!(bad.parse::<KvCacheMemory>().is_err(), "{bad}");
+        }
+        Ok(())
+    }
 }

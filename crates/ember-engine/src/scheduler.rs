@@ -163,6 +163,8 @@ impl Scheduler {
     pub fn step(&mut self) {
         let started = Instant::now();
         self.drop_cancelled();
+        // Cancelled running sequences leave before the step, freeing their blocks.
+        self.reap();
         let plan = self.schedule();
         if !plan.is_empty() {
             match self.run_forward(&plan) {

@@ -1,0 +1,213 @@
+//! `ember serve`: the OpenAI-compatible server. Settings come from
+//! `--config` (TOML), then flags; the port opens at once and `/health`
+//! says 503 until the model is loaded. SIGINT/SIGTERM stop new requests
+//! (503) and let streams in flight finish up to the shutdown timeout.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use ember_engine::{EngineConfig, EngineHandle, LoadedModel};
+use ember_gateway::{AppState, GatewayMetrics, Limits, ServeConfig};
+
+use crate::device::{DeviceChoice, DtypeChoice};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration (docs/CONFIG.md); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// [default: 127.0.0.1]
+    #[arg(long)]
+    host: Option<String>,
+    /// [default: 8080]
+    #[arg(long)]
+    port: Option<u16>,
+    /// Hugging Face model directory or `.gguf` file [default: the default model].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The name clients send as `model` [default: the file or directory name].
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` (added to the config's keys).
+    #[arg(long, env = "EMBER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// [default: flex]
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// [default: f32]
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeChoice>,
+    /// KV cache size: `2GiB`, or a fraction of available memory [default: 0.2].
+    #[arg(long)]
+    kv_cache_memory: Option<String>,
+    #[arg(long)]
+    max_num_seqs: Option<usize>,
+    #[arg(long)]
+    max_num_batched_tokens: Option<usize>,
+    #[arg(long)]
+    max_queue_len: Option<usize>,
+    #[arg(long)]
+    max_model_len: Option<usize>,
+}
+
+/// The config file with the flags laid over it.
+fn settings(args: ServeArgs) -> Result<ServeConfig> {
+    let mut c = match &args.config {
+        Some(path) => ServeConfig::from_file(path)?,
+        None => ServeConfig::default(),
+    };
+    let s = &mut c.server;
+    s.host = args.host.unwrap_or(std::mem::take(&mut s.host));
+    s.port = args.port.unwrap_or(s.port);
+    s.api_keys.extend(args.api_key.filter(|k| !k.is_empty()));
+    let m = &mut c.model;
+    m.path = args.model.or(m.path.take());
+    m.served_model_name = args.served_model_name.or(m.served_model_name.take());
+    if let Some(d) = args.device {
+        m.device = d.to_possible_value().map(|v| v.get_name().to_owned());
+    }
+    if let Some(d) = args.dtype {
+        m.dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
+    }
+    let e = &mut c.engine;
+    e.kv_cache_memory = args.kv_cache_memory.or(e.kv_cache_memory.take());
+    e.max_num_seqs = args.max_num_seqs.or(e.max_num_seqs);
+    e.max_num_batched_tokens = args.max_num_batched_tokens.or(e.max_num_batched_tokens);
+    e.max_queue_len = args.max_queue_len.or(e.max_queue_len);
+    e.max_model_len = args.max_model_len.or(e.max_model_len);
+    Ok(c)
+}
+
+fn engine_config(c: &ServeConfig, metrics: Arc<GatewayMetrics>) -> Result<EngineConfig> {
+    let d = EngineConfig::default();
+    let e = &c.engine;
+    Ok(EngineConfig {
+        block_size: e.block_size.unwrap_or(d.block_size),
+        kv_cache_memory: match &e.kv_cache_memory {
+            Some(text) => text.parse()?,
+            None => d.kv_cache_memory,
+        },
+        max_num_batched_tokens: e.max_num_batched_tokens.unwrap_or(d.max_num_batched_tokens),
+        max_num_seqs: e.max_num_seqs.unwrap_or(d.max_num_seqs),
+        max_queue_len: e.max_queue_len.unwrap_or(d.max_queue_len),
+        max_model_len: e.max_model_len,
+        observer: Some(metrics),
+    })
+}
+
+fn parse_choice<T: ValueEnum>(value: Option<&str>, what: &str) -> Result<Option<T>> {
+    value
+        .map(|v| T::from_str(v, true).map_err(|_| anyhow::anyhow!("unknown {what} {v:?} in the config")))
+        .transpose()
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let c = settings(args)?;
+    let model_path = match &c.model.path {
+        Some(p) => p.clone(),
+        None => crate::model_args::default_model()?,
+    };
+    if !model_path.exists() {
+        bail!("{}: no such model file or directory", model_path.display());
+    }
+    let device: DeviceChoice = parse_choice(c.model.device.as_deref(), "device")?.unwrap_or(DeviceChoice::Flex);
+    let dtype: DtypeChoice = parse_choice(c.model.dtype.as_deref(), "dtype")?.unwrap_or(DtypeChoice::F32);
+    let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
+    let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
+    let engine_config = engine_config(&c, metrics.clone())?;
+    let s = &c.server;
+    let limits = Limits {
+        max_body_bytes: s.max_body_bytes,
+        max_messages: s.max_messages,
+        request_timeout: (s.request_timeout_secs > 0).then(|| Duration::from_secs(s.request_timeout_secs)),
+    };
+    let state = web::Data::new(AppState::new(served.clone(), limits, s.api_keys.clone(), metrics));
+
+    // Load in the background: the port answers /health (503) meanwhile.
+    let loading = state.clone();
+    let device = device.device()?;
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let loaded = LoadedModel::open(&model_path, &device, dtype.dtype())
+            .with_context(|| format!("loading model from {}", model_path.display()))
+            .and_then(|loaded| Ok(EngineHandle::start(loaded, engine_config)?));
+        match loaded {
+            Ok(engine) => {
+                tracing::info!("{}", engine.info());
+                tracing::info!(model = %served, secs = started.elapsed().as_secs_f64(), "model loaded; ready");
+                loading.set_engine(engine);
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    let (host, port, workers) = (s.host.clone(), s.port, s.workers);
+    let shutdown = s.shutdown_timeout_secs;
+    let auth = if s.api_keys.is_empty() { "open (no API keys)" } else { "API keys required" };
+    actix_web::rt::System::new().block_on(async move {
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || App::new().configure(ember_gateway::configure(app_state.clone())))
+            .shutdown_timeout(shutdown)
+            .disable_signals()
+            .bind((host.as_str(), port))
+            .with_context(|| format!("cannot listen on {host}:{port}"))?;
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        tracing::info!("listening on http://{host}:{port} ({auth})");
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: no new requests, finishing streams (up to {shutdown} s)");
+            state.begin_shutdown();
+            handle.stop(true).await;
+        });
+        server.await.context("server error")
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio_select(actix_web::rt::signal::ctrl_c(), term.recv()).await;
+            }
+            Err(_) => {
+                let _ = actix_web::rt::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_web::rt::signal::ctrl_c().await;
+    }
+}
+
+/// Whichever of two futures finishes first.
+async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    futures_util::future::select(std::pin::pin!(a), std::pin::pin!(b)).await;
+}
+
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct.Q4_1`; a
+/// directory keeps its name.
+fn default_served_name(path: &std::path::Path) -> String {
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ember".into())
+}

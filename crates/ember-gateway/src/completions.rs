@@ -1,0 +1,155 @@
+//! `POST /v1/completions`: raw prompts (text, token ids, or lists of
+//! either), no chat template.
+
+use actix_web::{HttpResponse, web};
+use ember_engine::{FinishReason, GenerationEvent, TextTokenizer, TokenLogprob};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::openai::{CompletionRequest, PromptField};
+use crate::params::{generation_request, parse_body, reject_present, streaming};
+use crate::state::{AppState, random_id, unix_time};
+use crate::streams::{Item, collect, merge, sse, sse_done};
+
+/// Most prompts in one request.
+const MAX_PROMPTS: usize = 64;
+
+pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let (req, sampling): (CompletionRequest, _) = parse_body(body)?;
+    let engine = state.engine()?.clone();
+    state.check_model(&req.model)?;
+    reject_present(&[
+        ("echo", req.echo == Some(true), "the prompt is not echoed back"),
+        ("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_null()), "fill-in-the-middle is not implemented"),
+        ("best_of", req.best_of.is_some_and(|b| b > 1), "use `n` instead"),
+        ("logit_bias", req.logit_bias.is_some(), "logit biases are not implemented"),
+    ])?;
+    let (stream, include_usage) = streaming(&sampling)?;
+    let tokenizer = engine.model().tokenizer.clone();
+    let prompts = prompt_ids(req.prompt, tokenizer.as_deref())?;
+    let logprobs = req.logprobs.is_some();
+    // OpenAI's default for completions.
+    let max_tokens = req.max_tokens.unwrap_or(16);
+    let mut streams = Vec::with_capacity(prompts.len());
+    let mut n = 1;
+    for prompt in prompts {
+        let request = generation_request(
+            prompt,
+            &sampling,
+            Some(("max_tokens", max_tokens)),
+            logprobs,
+            req.logprobs.map(|k| ("logprobs", k)),
+            Vec::new(),
+        )?;
+        n = request.n;
+        // Dropping earlier streams on error cancels them.
+        streams.push(engine.submit(request)?);
+    }
+    let items = merge(streams, n, state.limits.request_timeout);
+    let (id, created, model) = (random_id("cmpl"), unix_time(), state.model_name.clone());
+    if stream {
+        let chunk = move |choices: Value, usage: Option<Value>| {
+            let mut body = json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
+            if include_usage {
+                body["usage"] = usage.unwrap_or(Value::Null);
+            }
+            sse(&body)
+        };
+        let body = items.flat_map(move |item| {
+            let out = match item {
+                Item::Event(GenerationEvent::Delta {
+                    index, text, logprobs: lps, ..
+                }) if !text.is_empty() || (logprobs && !lps.is_empty()) => {
+                    let lp = logprobs.then(|| completion_logprobs(tokenizer.as_deref(), &lps));
+                    vec![chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]), None)]
+                }
+                Item::Event(GenerationEvent::Finished {
+                    reason: FinishReason::Error(message),
+                    ..
+                }) => vec![sse(&ApiError::internal(message).body())],
+                Item::Event(GenerationEvent::Finished { index, reason }) => vec![chunk(
+                    json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]),
+                    None,
+                )],
+                Item::Event(_) => Vec::new(),
+                Item::Usage(usage) => {
+                    let mut out = Vec::new();
+                    if include_usage {
+                        out.push(chunk(json!([]), Some(json!(crate::openai::Usage::from(usage)))));
+                    }
+                    out.push(sse_done());
+                    out
+                }
+                Item::TimedOut => vec![sse(&ApiError::timeout().body()), sse_done()],
+            };
+            futures_util::stream::iter(out.into_iter().map(Ok::<_, actix_web::Error>))
+        });
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .streaming(body));
+    }
+    let (completion, usage) = collect(items).await?;
+    let mut choices = Vec::new();
+    for (index, choice) in completion.choices.iter().enumerate() {
+        if let Some(FinishReason::Error(message)) = &choice.finish_reason {
+            return Err(ApiError::internal(message.clone()));
+        }
+        choices.push(json!({
+            "index": index,
+            "text": choice.text,
+            "logprobs": logprobs.then(|| completion_logprobs(tokenizer.as_deref(), &choice.logprobs)),
+            "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
+        }));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": format!("ember-{}", env!("CARGO_PKG_VERSION")),
+        "choices": choices,
+        "usage": crate::openai::Usage::from(usage),
+    })))
+}
+
+/// Every prompt as token ids.
+fn prompt_ids(prompt: PromptField, tokenizer: Option<&TextTokenizer>) -> Result<Vec<Vec<u32>>, ApiError> {
+    let encode = |text: &str| -> Result<Vec<u32>, ApiError> {
+        let t = tokenizer.ok_or_else(|| ApiError::invalid("prompt", "this model has no tokenizer: send token ids"))?;
+        Ok(t.encode(text, true)?)
+    };
+    let prompts = match prompt {
+        PromptField::Text(t) => vec![encode(&t)?],
+        PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        PromptField::Tokens(ids) => vec![ids],
+        PromptField::TokenLists(lists) => lists,
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid("prompt", format!("give between 1 and {MAX_PROMPTS} prompts")));
+    }
+    Ok(prompts)
+}
+
+/// The legacy logprobs shape: parallel lists plus `{token: logprob}` maps.
+fn completion_logprobs(tokenizer: Option<&TextTokenizer>, logprobs: &[TokenLogprob]) -> Value {
+    let text = |id: u32| tokenizer.and_then(|t| t.decode(&[id]).ok()).unwrap_or_else(|| id.to_string());
+    let mut offset = 0;
+    let mut text_offset = Vec::new();
+    let mut tokens = Vec::new();
+    for lp in logprobs {
+        let t = text(lp.token);
+        text_offset.push(offset);
+        offset += t.len();
+        tokens.push(t);
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": logprobs.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": logprobs.iter().map(|l| {
+            l.top.iter().map(|&(id, p)| (text(id), json!(p))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}

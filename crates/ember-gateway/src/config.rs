@@ -1,0 +1,139 @@
+//! `ember serve --config file.toml`: every setting of the server, in three
+//! tables. Unknown keys are errors (a typo must not be silently ignored).
+//! Command-line flags override the file; see docs/CONFIG.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub engine: EngineSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
+    /// Bearer keys; empty leaves the API open.
+    pub api_keys: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_messages: usize,
+    /// 0 means no timeout.
+    pub request_timeout_secs: u64,
+    /// How long in-flight streams may run after SIGINT/SIGTERM.
+    pub shutdown_timeout_secs: u64,
+    /// HTTP worker threads; 0 is one per core.
+    pub workers: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_keys: Vec::new(),
+            max_body_bytes: 4 << 20,
+            max_messages: 1024,
+            request_timeout_secs: 600,
+            shutdown_timeout_secs: 30,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A Hugging Face directory or a `.gguf`; the default model when absent.
+    pub path: Option<PathBuf>,
+    /// The name clients send as `model`; the file or directory name when absent.
+    pub served_model_name: Option<String>,
+    /// `flex`, `wgpu` or `cuda`.
+    pub device: Option<String>,
+    /// `f32`, `f16` or `bf16`.
+    pub dtype: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// `"2GiB"` or a fraction of available memory such as `"0.2"`.
+    pub kv_cache_memory: Option<String>,
+    pub block_size: Option<usize>,
+    pub max_num_batched_tokens: Option<usize>,
+    pub max_num_seqs: Option<usize>,
+    pub max_queue_len: Option<usize>,
+    pub max_model_len: Option<usize>,
+}
+
+impl ServeConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_config_parses() -> Result<(), ConfigError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).map_err(|source| ConfigError::Io { path: dir.clone(), source })? {
+            let path = entry.map_err(|source| ConfigError::Io { path: dir.clone(), source })?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                ServeConfig::from_file(&path)?;
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "configs/ has example files");
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors_naming_them() {
+        let path = Path::new("test.toml");
+        let typo = ServeConfig::from_toml("[server]\nprot = 80\n", path);
+        assert!(typo.as_ref().is_err_and(|e| e.to_string().contains("prot")), "{typo:?}");
+        let wrong = ServeConfig::from_toml("[server]\nport = \"eighty\"\n", path);
+        assert!(wrong.is_err());
+        let empty = ServeConfig::from_toml("", path);
+        assert_eq!(empty.ok(), Some(ServeConfig::default()));
+    }
+}

@@ -1,0 +1,47 @@
+//! `ember-gateway`: the OpenAI-compatible HTTP face of Ember on actix-web.
+//! `configure` wires routes, JSON limits and middleware onto an actix app;
+//! the `ember serve` binary and the HTTP tests use the same function, so
+//! tests run the real configuration.
+
+mod chat;
+mod completions;
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod middleware;
+pub mod openai;
+mod params;
+mod routes;
+pub mod state;
+mod streams;
+
+use actix_web::web;
+
+pub use config::ServeConfig;
+pub use error::ApiError;
+pub use metrics::GatewayMetrics;
+pub use state::{AppState, Limits};
+
+/// Routes, body limits and middleware for `state`.
+pub fn configure(state: web::Data<AppState>) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg: &mut web::ServiceConfig| {
+        let json = web::JsonConfig::default()
+            .limit(state.limits.max_body_bytes)
+            .error_handler(error::json_error);
+        cfg.app_data(state.clone()).app_data(json).service(
+            web::scope("")
+                .wrap(actix_web::middleware::from_fn(middleware::authenticate))
+                .wrap(actix_web::middleware::from_fn(middleware::observe))
+                .route("/v1/chat/completions", web::post().to(chat::chat_completions))
+                .route("/v1/completions", web::post().to(completions::completions))
+                .route("/v1/models", web::get().to(routes::list_models))
+                .route("/v1/models/{id}", web::get().to(routes::get_model))
+                .route("/generate", web::post().to(routes::generate))
+                .route("/tokenize", web::post().to(routes::tokenize))
+                .route("/detokenize", web::post().to(routes::detokenize))
+                .route("/health", web::get().to(routes::health))
+                .route("/metrics", web::get().to(routes::metrics))
+                .default_service(web::to(routes::not_found)),
+        );
+    }
+}

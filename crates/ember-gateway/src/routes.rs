@@ -1,0 +1,196 @@
+//! The small routes: the seed's `/generate`, `/tokenize`, `/detokenize`,
+//! `/v1/models`, `/health` and `/metrics`.
+
+use actix_web::{HttpResponse, web};
+use ember_engine::{FinishReason, GenerationEvent, RenderOptions};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::openai::KnownFields;
+use crate::params::{generation_request, parse_body};
+use crate::state::AppState;
+use crate::streams::{Item, collect, merge, sse, sse_done};
+
+/// The seed API: `{"prompt", "max_tokens", "temperature", "top_p", "stream"}` -> `{"text"}`.
+#[derive(Debug, Deserialize)]
+pub struct GenerateRequest {
+    prompt: String,
+    max_tokens: Option<i64>,
+}
+
+impl KnownFields for GenerateRequest {
+    const FIELDS: &'static [&'static str] = &["prompt", "max_tokens"];
+}
+
+pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let (req, sampling): (GenerateRequest, _) = parse_body(body)?;
+    let engine = state.engine()?.clone();
+    let tokenizer = engine
+        .model()
+        .tokenizer
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let prompt = tokenizer.encode(&req.prompt, true)?;
+    let request = generation_request(
+        prompt,
+        &sampling,
+        Some(("max_tokens", req.max_tokens.unwrap_or(128))),
+        false,
+        None,
+        Vec::new(),
+    )?;
+    if request.n != 1 {
+        return Err(ApiError::invalid("n", "/generate returns one text; use /v1/completions for n > 1"));
+    }
+    let items = merge(vec![engine.submit(request)?], 1, state.limits.request_timeout);
+    if sampling.stream.unwrap_or(false) {
+        let body = items.flat_map(|item| {
+            let out = match item {
+                Item::Event(GenerationEvent::Delta { text, .. }) if !text.is_empty() => vec![sse(&json!({"text": text}))],
+                Item::Event(GenerationEvent::Finished {
+                    reason: FinishReason::Error(message),
+                    ..
+                }) => vec![sse(&ApiError::internal(message).body())],
+                Item::Event(GenerationEvent::Finished { reason, .. }) => {
+                    vec![sse(&json!({"text": "", "finish_reason": reason.as_str()}))]
+                }
+                Item::Event(_) => Vec::new(),
+                Item::Usage(_) => vec![sse_done()],
+                Item::TimedOut => vec![sse(&ApiError::timeout().body()), sse_done()],
+            };
+            futures_util::stream::iter(out.into_iter().map(Ok::<_, actix_web::Error>))
+        });
+        return Ok(HttpResponse::Ok().content_type("text/event-stream").streaming(body));
+    }
+    let (completion, usage) = collect(items).await?;
+    let choice = completion.choices.into_iter().next().unwrap_or_default();
+    if let Some(FinishReason::Error(message)) = choice.finish_reason {
+        return Err(ApiError::internal(message));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "text": choice.text,
+        "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
+        "usage": crate::openai::Usage::from(usage),
+    })))
+}
+
+/// `{"prompt": "..."}` or `{"messages": [...]}` (rendered by the chat template).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<Value>>,
+    add_special_tokens: Option<bool>,
+    add_generation_prompt: Option<bool>,
+}
+
+impl KnownFields for TokenizeRequest {
+    const SAMPLING: bool = false;
+    const FIELDS: &'static [&'static str] =
+        &["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"];
+}
+
+pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let (req, _): (TokenizeRequest, _) = parse_body(body)?;
+    let engine = state.engine()?;
+    if let Some(model) = &req.model {
+        state.check_model(model)?;
+    }
+    let info = engine.model();
+    let tokenizer = info.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let tokens = match (req.prompt, req.messages) {
+        (Some(prompt), None) => tokenizer.encode(&prompt, req.add_special_tokens.unwrap_or(true))?,
+        (None, Some(messages)) => {
+            let template = info
+                .chat_template
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+            let rendered = template.render(RenderOptions {
+                messages: &messages,
+                tools: None::<&[Value]>,
+                add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
+            })?;
+            tokenizer.encode(&rendered, req.add_special_tokens.unwrap_or(false))?
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "count": tokens.len(),
+        "max_model_len": engine.info().max_model_len,
+        "tokens": tokens,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+impl KnownFields for DetokenizeRequest {
+    const SAMPLING: bool = false;
+    const FIELDS: &'static [&'static str] = &["model", "tokens"];
+}
+
+pub async fn detokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let (req, _): (DetokenizeRequest, _) = parse_body(body)?;
+    let engine = state.engine()?;
+    if let Some(model) = &req.model {
+        state.check_model(model)?;
+    }
+    let info = engine.model();
+    let tokenizer = info.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let vocab = info.config.vocab_size;
+    if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid("tokens", format!("token id {bad} is outside the vocabulary (size {vocab})")));
+    }
+    Ok(HttpResponse::Ok().json(json!({"prompt": tokenizer.decode(&req.tokens)?})))
+}
+
+fn model_card(state: &AppState) -> Value {
+    let max_model_len = state.engine().ok().map(|e| e.info().max_model_len);
+    json!({
+        "id": state.model_name,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "ember",
+        "max_model_len": max_model_len,
+    })
+}
+
+pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"object": "list", "data": [model_card(&state)]}))
+}
+
+pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    state.check_model(&id)?;
+    Ok(HttpResponse::Ok().json(model_card(&state)))
+}
+
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    if state.is_shutting_down() {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
+    } else if state.is_loaded() {
+        HttpResponse::Ok().json(json!({"status": "ok"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "loading"}))
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+/// Unknown routes answer in OpenAI's error shape too.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError {
+        status: actix_web::http::StatusCode::NOT_FOUND,
+        ..ApiError::bad_request("no such route")
+    })
+}

@@ -1,0 +1,123 @@
+//! Engine streams as the HTTP layer consumes them: one request's prompts
+//! (completions can send several) merged into one event stream with unique
+//! choice indices and one total usage; collected for JSON responses, or
+//! framed as server-sent events.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use ember_engine::{Completion, GenerationEvent, GenerationStream, Usage};
+use futures_util::stream::{self, Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+
+/// What the handlers format.
+#[derive(Debug)]
+pub enum Item {
+    Event(GenerationEvent),
+    /// Every prompt is done: the summed usage.
+    Usage(Usage),
+    /// The request ran past the server's timeout; its streams are dropped
+    /// (cancelling them in the engine).
+    TimedOut,
+}
+
+pub type ItemStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
+
+/// Merges streams, shifting choice indices by `n` per prompt, and ends
+/// with the summed usage, or `TimedOut` at `deadline`.
+pub fn merge(streams: Vec<GenerationStream>, n: usize, timeout: Option<Duration>) -> ItemStream {
+    let total = streams.len();
+    let tagged = streams.into_iter().enumerate().map(|(i, s)| s.map(move |e| (i * n, e)).boxed());
+    let merged = stream::select_all(tagged);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    struct State<S> {
+        merged: S,
+        done: usize,
+        usage: Usage,
+        finished: bool,
+    }
+    let state = State {
+        merged,
+        done: 0,
+        usage: Usage::default(),
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, move |mut st| async move {
+        loop {
+            if st.finished {
+                return None;
+            }
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, st.merged.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        st.finished = true;
+                        return Some((Item::TimedOut, st));
+                    }
+                },
+                None => st.merged.next().await,
+            };
+            let Some((offset, event)) = next else {
+                // The engine went away before every prompt was done.
+                st.finished = true;
+                return Some((Item::Usage(st.usage), st));
+            };
+            let event = match event {
+                GenerationEvent::Done { usage } => {
+                    st.usage.prompt_tokens += usage.prompt_tokens;
+                    st.usage.completion_tokens += usage.completion_tokens;
+                    st.usage.cached_tokens += usage.cached_tokens;
+                    st.done += 1;
+                    if st.done == total {
+                        st.finished = true;
+                        return Some((Item::Usage(st.usage), st));
+                    }
+                    continue;
+                }
+                GenerationEvent::Delta {
+                    index,
+                    text,
+                    token_ids,
+                    logprobs,
+                } => GenerationEvent::Delta {
+                    index: index + offset,
+                    text,
+                    token_ids,
+                    logprobs,
+                },
+                GenerationEvent::Finished { index, reason } => GenerationEvent::Finished {
+                    index: index + offset,
+                    reason,
+                },
+            };
+            return Some((Item::Event(event), st));
+        }
+    }))
+}
+
+/// Waits for everything: the choices in index order and the usage.
+pub async fn collect(mut items: ItemStream) -> Result<(Completion, Usage), ApiError> {
+    let mut completion = Completion::default();
+    while let Some(item) = items.next().await {
+        match item {
+            Item::Event(e) => {
+                completion.absorb(e);
+            }
+            Item::Usage(usage) => return Ok((completion, usage)),
+            Item::TimedOut => return Err(ApiError::timeout()),
+        }
+    }
+    Err(ApiError::internal("the engine stopped before the request was done"))
+}
+
+/// One server-sent event carrying `json`.
+pub fn sse(json: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+pub fn sse_done() -> Bytes {
+    Bytes::from_static(b"data: [DONE]\n\n")
+}

@@ -1,0 +1,394 @@
+//! The gateway through its real app configuration (`ember_gateway::configure`)
+//! on the tiny Qwen3 fixture with a ChatML template: routes, response shapes,
+//! streaming, errors in OpenAI's shape, auth, limits, cancellation, metrics.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::{App, test, web};
+use ember_engine::{EngineConfig, EngineHandle, KvCacheMemory, LoadedModel};
+use ember_gateway::{AppState, GatewayMetrics, Limits};
+use ember_model::{DType, Device};
+use serde_json::{Value, json};
+
+const MODEL: &str = "tiny";
+
+/// A ChatML template, like SmolLM2's and Qwen's.
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// qwen3-tiny plus a tokenizer_config.json with a chat template.
+fn model_dir() -> anyhow::Result<tempfile::TempDir> {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tiny");
+    let dir = tempfile::tempdir()?;
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f))?;
+    }
+    let config = json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": null});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string())?;
+    Ok(dir)
+}
+
+struct Server {
+    state: web::Data<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+fn server_with(keys: Vec<String>, limits: Limits, engine: EngineConfig) -> anyhow::Result<Server> {
+    let dir = model_dir()?;
+    let metrics = Arc::new(GatewayMetrics::new()?);
+    let state = web::Data::new(AppState::new(MODEL.into(), limits, keys, metrics.clone()));
+    let loaded = LoadedModel::open(dir.path(), &Device::flex(), DType::F32)?;
+    let engine = EngineHandle::start(
+        loaded,
+        EngineConfig {
+            observer: Some(metrics),
+            ..engine
+        },
+    )?;
+    state.set_engine(engine);
+    Ok(Server { state, _dir: dir })
+}
+
+fn small_engine() -> EngineConfig {
+    EngineConfig {
+        kv_cache_memory: KvCacheMemory::Tokens(4096),
+        block_size: 4,
+        ..EngineConfig::default()
+    }
+}
+
+fn server() -> anyhow::Result<Server> {
+    server_with(Vec::new(), Limits::default(), small_engine())
+}
+
+macro_rules! app {
+    ($server:expr) => {
+        test::init_service(App::new().configure(ember_gateway::configure($server.state.clone()))).await
+    };
+}
+
+async fn call<S, B>(app: &S, req: test::TestRequest) -> (StatusCode, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let resp = test::call_service(app, req.to_request()).await;
+    let status = resp.status();
+    let bytes = test::read_body(resp).await;
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn post(path: &str, body: Value) -> test::TestRequest {
+    test::TestRequest::post().uri(path).set_json(body)
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, "temperature": 0});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_events(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn assert_openai_error(status: StatusCode, body: &Value, want: StatusCode, param: Option<&str>) {
+    assert_eq!(status, want, "{body}");
+    let e = &body["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["type"].is_string(), "{body}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn chat_completion_has_the_openai_shape() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let (status, body) = call(&app, post("/v1/chat/completions", chat(json!({"logprobs": true, "top_logprobs": 2})))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
+    assert_eq!(body["model"], MODEL);
+    assert!(body["created"].is_u64() && body["system_fingerprint"].is_string());
+    let choice = &body["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(choice["message"]["content"].is_string());
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap_or_default()));
+    let usage = &body["usage"];
+    let (p, c) = (usage["prompt_tokens"].as_u64().unwrap_or(0), usage["completion_tokens"].as_u64().unwrap_or(0));
+    assert!(p > 0 && c > 0 && usage["total_tokens"].as_u64() == Some(p + c));
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+    let lps = choice["logprobs"]["content"].as_array().cloned().unwrap_or_default();
+    assert_eq!(lps.len() as u64, c);
+    assert_eq!(lps[0]["top_logprobs"].as_array().map(Vec::len), Some(2));
+
+    // The same conversation again is served from the prefix cache, with the same answer.
+    let (_, again) = call(&app, post("/v1/chat/completions", chat(json!({"logprobs": true, "top_logprobs": 2})))).await;
+    assert!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(again["choices"][0]["message"], choice["message"]);
+    Ok(())
+}
+
+#[actix_web::test]
+async fn streaming_sends_role_deltas_finish_usage_and_done() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let (_, whole) = call(&app, post("/v1/chat/completions", chat(json!({"n": 2, "seed": 7, "temperature": 1.0})))).await;
+    let req = post(
+        "/v1/chat/completions",
+        chat(json!({"stream": true, "stream_options": {"include_usage": true}, "n": 2, "seed": 7, "temperature": 1.0})),
+    );
+    let resp = test::call_service(&app, req.to_request()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")));
+    let events = sse_events(&test::read_body(resp).await);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e)).collect::<Result<_, _>>()?;
+    let mut texts = [String::new(), String::new()];
+    let mut finishes = 0;
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        let last = i == chunks.len() - 1;
+        if last {
+            assert_eq!(c["choices"], json!([]));
+            assert!(c["usage"]["completion_tokens"].as_u64().is_some_and(|n| n > 0));
+            continue;
+        }
+        assert!(c["usage"].is_null());
+        let choice = &c["choices"][0];
+        let index = choice["index"].as_u64().unwrap_or(9) as usize;
+        if i < 2 {
+            assert_eq!(choice["delta"]["role"], "assistant");
+        }
+        if let Some(t) = choice["delta"]["content"].as_str() {
+            texts[index].push_str(t);
+        }
+        finishes += usize::from(choice["finish_reason"].is_string());
+    }
+    assert_eq!(finishes, 2);
+    // Same seed, same choices as the non-streamed request.
+    for i in 0..2 {
+        assert_eq!(whole["choices"][i]["message"]["content"], texts[i].as_str(), "choice {i}");
+    }
+    Ok(())
+}
+
+#[actix_web::test]
+async fn completions_models_generate_and_tokenize() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let (status, body) = call(
+        &app,
+        post("/v1/completions", json!({"model": MODEL, "prompt": ["one two", "three"], "max_tokens": 5, "temperature": 0, "logprobs": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["choices"][1]["index"], 1);
+    assert_eq!(body["choices"][0]["logprobs"]["tokens"].as_array().map(Vec::len), Some(5));
+    let (status, by_ids) = call(&app, post("/v1/completions", json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 3}))).await;
+    assert_eq!(status, StatusCode::OK, "{by_ids}");
+    assert_eq!(by_ids["usage"]["prompt_tokens"], 3);
+
+    let (status, models) = call(&app, test::TestRequest::get().uri("/v1/models")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(models["data"][0]["max_model_len"], 256);
+    let (status, _) = call(&app, test::TestRequest::get().uri(&format!("/v1/models/{MODEL}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, missing) = call(&app, test::TestRequest::get().uri("/v1/models/gpt-4")).await;
+    assert_openai_error(status, &missing, StatusCode::NOT_FOUND, Some("model"));
+
+    let (status, generated) = call(&app, post("/generate", json!({"prompt": "hello", "max_tokens": 4, "temperature": 0}))).await;
+    assert_eq!(status, StatusCode::OK, "{generated}");
+    assert!(generated["text"].is_string());
+    let resp = test::call_service(&app, post("/generate", json!({"prompt": "hello", "max_tokens": 4, "stream": true})).to_request()).await;
+    let events = sse_events(&test::read_body(resp).await);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+    let (status, tokens) = call(&app, post("/tokenize", json!({"prompt": "hello world"}))).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let ids = tokens["tokens"].clone();
+    assert_eq!(tokens["count"], ids.as_array().map_or(0, Vec::len));
+    let (_, text) = call(&app, post("/detokenize", json!({"tokens": ids}))).await;
+    assert_eq!(text["prompt"], "hello world");
+    let (_, chat_tokens) = call(&app, post("/tokenize", json!({"messages": [{"role": "user", "content": "hi"}]}))).await;
+    assert!(chat_tokens["count"].as_u64().is_some_and(|n| n > 3));
+    Ok(())
+}
+
+#[actix_web::test]
+async fn bad_requests_get_openai_errors_naming_the_problem() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let cases: Vec<(Value, StatusCode, Option<&str>)> = vec![
+        (chat(json!({"model": "gpt-4"})), StatusCode::NOT_FOUND, Some("model")),
+        (chat(json!({"messages": []})), StatusCode::BAD_REQUEST, Some("messages")),
+        (chat(json!({"messages": [{"role": "wizard", "content": "x"}]})), StatusCode::BAD_REQUEST, Some("messages[0].role")),
+        (chat(json!({"n": 0})), StatusCode::BAD_REQUEST, Some("n")),
+        (chat(json!({"n": 99})), StatusCode::BAD_REQUEST, Some("n")),
+        (chat(json!({"temperature": -1})), StatusCode::BAD_REQUEST, Some("temperature")),
+        (chat(json!({"temperature": "hot"})), StatusCode::BAD_REQUEST, Some("temperature")),
+        (chat(json!({"max_tokens": 0})), StatusCode::BAD_REQUEST, Some("max_tokens")),
+        (chat(json!({"max_tokens": 100000})), StatusCode::BAD_REQUEST, Some("messages")),
+        (chat(json!({"top_logprobs": 3})), StatusCode::BAD_REQUEST, Some("top_logprobs")),
+        (chat(json!({"frobnicate": true})), StatusCode::BAD_REQUEST, Some("frobnicate")),
+        (chat(json!({"tools": []})), StatusCode::BAD_REQUEST, Some("tools")),
+        (chat(json!({"response_format": {"type": "json_object"}})), StatusCode::BAD_REQUEST, Some("response_format")),
+        (chat(json!({"stream_options": {"include_usage": true}})), StatusCode::BAD_REQUEST, Some("stream_options")),
+        (
+            chat(json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})),
+            StatusCode::BAD_REQUEST,
+            Some("messages[0].content[0].type"),
+        ),
+        (json!({"model": MODEL}), StatusCode::BAD_REQUEST, None),
+        (json!([1, 2]), StatusCode::BAD_REQUEST, None),
+    ];
+    for (body, want, param) in cases {
+        let (status, got) = call(&app, post("/v1/chat/completions", body.clone())).await;
+        assert_openai_error(status, &got, want, param);
+    }
+    // Not JSON at all, and the wrong content type.
+    let raw = test::TestRequest::post()
+        .uri("/v1/chat/completions")
+        .insert_header(("content-type", "application/json"))
+        .set_payload("{not json");
+    let (status, got) = call(&app, raw).await;
+    assert_openai_error(status, &got, StatusCode::BAD_REQUEST, None);
+    let (status, got) = call(&app, test::TestRequest::post().uri("/v1/chat/completions").set_payload("x")).await;
+    assert_openai_error(status, &got, StatusCode::BAD_REQUEST, None);
+    let (status, got) = call(&app, test::TestRequest::get().uri("/v2/nothing")).await;
+    assert_openai_error(status, &got, StatusCode::NOT_FOUND, None);
+    Ok(())
+}
+
+#[actix_web::test]
+async fn limits_body_size_message_count_and_a_full_queue() -> anyhow::Result<()> {
+    let limits = Limits {
+        max_body_bytes: 2048,
+        max_messages: 3,
+        ..Limits::default()
+    };
+    let s = server_with(Vec::new(), limits, EngineConfig { max_queue_len: 0, ..small_engine() })?;
+    let app = app!(s);
+    let big = chat(json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]}));
+    let (status, got) = call(&app, post("/v1/chat/completions", big)).await;
+    assert_openai_error(status, &got, StatusCode::PAYLOAD_TOO_LARGE, None);
+    let many = chat(json!({"messages": vec![json!({"role": "user", "content": "x"}); 4]}));
+    let (status, got) = call(&app, post("/v1/chat/completions", many)).await;
+    assert_openai_error(status, &got, StatusCode::BAD_REQUEST, Some("messages"));
+    // A queue of length 0 refuses everything: 429 with Retry-After.
+    let resp = test::call_service(&app, post("/v1/chat/completions", chat(json!({}))).to_request()).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = serde_json::from_slice(&test::read_body(resp).await)?;
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    Ok(())
+}
+
+#[actix_web::test]
+async fn api_keys_close_everything_but_health() -> anyhow::Result<()> {
+    let s = server_with(vec!["k-one".into(), "k-two".into()], Limits::default(), small_engine())?;
+    let app = app!(s);
+    let (status, got) = call(&app, test::TestRequest::get().uri("/v1/models")).await;
+    assert_openai_error(status, &got, StatusCode::UNAUTHORIZED, None);
+    let wrong = test::TestRequest::get().uri("/v1/models").insert_header(("authorization", "Bearer k-three"));
+    assert_eq!(call(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+    for key in ["k-one", "k-two"] {
+        let ok = test::TestRequest::get().uri("/v1/models").insert_header(("authorization", format!("Bearer {key}")));
+        assert_eq!(call(&app, ok).await.0, StatusCode::OK);
+    }
+    assert_eq!(call(&app, test::TestRequest::get().uri("/health")).await.0, StatusCode::OK);
+    assert_eq!(call(&app, test::TestRequest::get().uri("/metrics")).await.0, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[actix_web::test]
+async fn health_is_503_until_loaded_and_while_shutting_down() -> anyhow::Result<()> {
+    let metrics = Arc::new(GatewayMetrics::new()?);
+    let state = web::Data::new(AppState::new(MODEL.into(), Limits::default(), Vec::new(), metrics));
+    let app = test::init_service(App::new().configure(ember_gateway::configure(state.clone()))).await;
+    let (status, body) = call(&app, test::TestRequest::get().uri("/health")).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("loading")));
+    let (status, got) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    assert_openai_error(status, &got, StatusCode::SERVICE_UNAVAILABLE, None);
+
+    let s = server()?;
+    let app = app!(s);
+    assert_eq!(call(&app, test::TestRequest::get().uri("/health")).await.0, StatusCode::OK);
+    s.state.begin_shutdown();
+    assert_eq!(call(&app, test::TestRequest::get().uri("/health")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, got) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    assert_openai_error(status, &got, StatusCode::SERVICE_UNAVAILABLE, None);
+    Ok(())
+}
+
+#[actix_web::test]
+async fn a_dropped_stream_is_cancelled_in_the_engine() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let req = post(
+        "/v1/chat/completions",
+        chat(json!({"stream": true, "max_tokens": 200, "ignore_eos": true})),
+    );
+    let resp = test::call_service(&app, req.to_request()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Read a little of the stream, then hang up.
+    let mut body = resp.into_body();
+    let first = futures_util::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
+    assert!(first.is_some());
+    drop(body);
+    let engine = s.state.engine()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = engine.stats();
+        if stats.requests_cancelled == 1 && stats.kv_blocks_used == 0 && stats.running == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {stats:?}");
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(engine.stats().generated_tokens < 200);
+    Ok(())
+}
+
+#[actix_web::test]
+async fn metrics_use_vllm_style_names() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+    let text = String::from_utf8(test::read_body(resp).await.to_vec())?;
+    for name in [
+        "ember:time_to_first_token_seconds_bucket",
+        "ember:inter_token_latency_seconds_count",
+        "ember:e2e_request_latency_seconds_count 1",
+        "ember:num_requests_running",
+        "ember:num_requests_waiting",
+        "ember:kv_cache_usage_perc",
+        "ember:prefix_cache_hits_total",
+        "ember:prompt_tokens_total",
+        "ember:generation_tokens_total",
+        "ember:request_success_total{finished_reason=",
+        "ember:http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 1",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+    Ok(())
+}

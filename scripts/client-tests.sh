@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Real clients against a real server: makes a venv with the pinned `openai`
+# SDK and pytest (tests/clients/requirements.txt), starts `ember serve` on
+# the default model on a free loopback port (plus a second one with no
+# request queue, for 429s), runs tests/clients, and stops the servers.
+# Usage: scripts/client-tests.sh [path/to/ember]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ember="${1:-${CARGO_TARGET_DIR:-target}/release/ember}"
+cache="${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}"
+venv="$cache/venv-clients"
+reqs=tests/clients/requirements.txt
+if ! cmp -s "$reqs" "$venv/requirements.txt" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
+  cp "$reqs" "$venv/requirements.txt"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+key="test-key-$RANDOM"
+port=$(free_port)
+logs=$(mktemp -d)
+EMBER_API_KEY="$key" "$ember" serve --port "$port" --kv-cache-memory 512MiB >"$logs/serve.log" 2>&1 &
+pids+=($!)
+port2=$(free_port)
+EMBER_API_KEY="$key" "$ember" serve --port "$port2" --kv-cache-memory 64MiB --max-queue-len 0 >"$logs/no-queue.log" 2>&1 &
+pids+=($!)
+
+wait_ready() {
+  for _ in $(seq 1 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health")" = 200 ] && return 0
+    sleep 0.2
+  done
+  echo "server on port $1 did not become ready:"; cat "$logs"/*.log; return 1
+}
+wait_ready "$port"
+wait_ready "$port2"
+
+export EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_NO_QUEUE_URL="http://127.0.0.1:$port2"
+export EMBER_API_KEY="$key" EMBER_MODEL="SmolLM2-135M-Instruct.Q4_1"
+if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients; then
+  echo "--- server log"; tail -n 50 "$logs/serve.log"; exit 1
+fi

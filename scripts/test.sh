@@ -16,9 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
-step "system packages and the default model"
+step "system packages, the default model, Qwen3's chat templates"
 scripts/setup-system.sh
 scripts/fetch-default-model.sh
+scripts/fetch-qwen3-templates.sh
 
 features=()
 [ "${EMBER_SKIP_WGPU:-0}" = 1 ] || features=(--features "ember-cli/wgpu ember-model/test-wgpu")

@@ -3,7 +3,9 @@
 //! minijinja configured like Hugging Face's `apply_chat_template`:
 //! `trim_blocks` and `lstrip_blocks` on, Python string methods
 //! (`.strip()`, `.startswith()`, ...) through minijinja-contrib's pycompat,
-//! `raise_exception`, and `tojson` keeping key order.
+//! `raise_exception`, and a `tojson` that writes what Python's
+//! `json.dumps` writes (key order kept, `", "` and `": "` separators, no
+//! HTML escaping, `indent`), since tool signatures reach the model through it.
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value, context};
 use serde::Serialize;
@@ -42,6 +44,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> Result<Value, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, message))
         });
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME.to_owned(), source.to_owned())?;
         Ok(Self {
             env,
@@ -61,6 +64,78 @@ impl ChatTemplate {
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })?)
+    }
+}
+
+/// Hugging Face's `tojson`: `json.dumps(value, ensure_ascii=False,
+/// indent=indent)`. minijinja's own escapes `<`, `>`, `&` and `'` for HTML and
+/// writes no spaces, which would change the prompt the model sees.
+fn tojson(value: &Value, kwargs: minijinja::value::Kwargs) -> Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    // Serialized straight from the template value, which keeps key order.
+    let sorted;
+    let source: &dyn erased::Json = if sort_keys == Some(true) {
+        let mut json = serde_json::to_value(value).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+        json.sort_all_objects();
+        sorted = json;
+        &sorted
+    } else {
+        value
+    };
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            source.write(&mut serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&spaces),
+            ))
+        }
+        None => source.write_python(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
+    };
+    written.map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(Value::from_safe_string(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Lets `tojson` serialize either a template value or a sorted JSON value.
+mod erased {
+    use serde_json::Serializer;
+    use serde_json::ser::PrettyFormatter;
+
+    use super::PythonFormatter;
+
+    pub trait Json {
+        fn write(&self, ser: &mut Serializer<&mut Vec<u8>, PrettyFormatter<'_>>) -> serde_json::Result<()>;
+        fn write_python(&self, ser: &mut Serializer<&mut Vec<u8>, PythonFormatter>) -> serde_json::Result<()>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write(&self, ser: &mut Serializer<&mut Vec<u8>, PrettyFormatter<'_>>) -> serde_json::Result<()> {
+            self.serialize(ser)
+        }
+        fn write_python(&self, ser: &mut Serializer<&mut Vec<u8>, PythonFormatter>) -> serde_json::Result<()> {
+            self.serialize(ser)
+        }
+    }
+}
+
+/// Python's default `json.dumps` separators: `", "` between items, `": "`
+/// after keys.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
     }
 }
 
@@ -85,6 +160,21 @@ mod tests {
         })?;
         // As Jinja2 with trim_blocks + lstrip_blocks renders it.
         assert_eq!(out, "  USER: hi\nA:");
+        Ok(())
+    }
+
+    #[test]
+    fn tojson_writes_what_python_json_dumps_writes() -> Result<(), ChatTemplateError> {
+        let t = ChatTemplate::new("{{ messages[0] | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "")?;
+        let out = t.render(RenderOptions {
+            messages: &[json!({"z": "a<b & 'c' 東京", "a": [1, 2.5, true, null], "e": {}})],
+            tools: NO_TOOLS,
+            add_generation_prompt: false,
+        })?;
+        // json.dumps(..., ensure_ascii=False) and json.dumps(..., ensure_ascii=False, indent=2):
+        let compact = r#"{"z": "a<b & 'c' 東京", "a": [1, 2.5, true, null], "e": {}}"#;
+        let pretty = "{\n  \"z\": \"a<b & 'c' 東京\",\n  \"a\": [\n    1,\n    2.5,\n    true,\n    null\n  ],\n  \"e\": {}\n}";
+        assert_eq!(out, format!("{compact}|{pretty}"));
         Ok(())
     }
 

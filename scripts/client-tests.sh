@@ -46,3 +46,25 @@ export EMBER_API_KEY="$key" EMBER_MODEL="SmolLM2-135M-Instruct.Q4_1"
 if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients; then
   echo "--- server log"; tail -n 50 "$logs/serve.log"; exit 1
 fi
+
+# Graceful shutdown: SIGTERM during a stream lets the stream finish, refuses
+# new work, and the server exits cleanly.
+kill "${pids[1]}" 2>/dev/null || true
+port3=$(free_port)
+"$ember" serve --port "$port3" --kv-cache-memory 64MiB >"$logs/shutdown.log" 2>&1 &
+server=$!
+wait_ready "$port3"
+curl -sN "http://127.0.0.1:$port3/v1/chat/completions" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  -d '{"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Tell a story."}],
+       "max_tokens": 40, "ignore_eos": true, "stream": true}' >"$logs/stream.txt" &
+client=$!
+for _ in $(seq 1 100); do grep -q '"content"' "$logs/stream.txt" 2>/dev/null && break; sleep 0.1; done
+kill -TERM "$server"
+sleep 0.5
+health=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port3/health" || true)
+wait "$client"
+wait "$server" || { echo "server exited with $? after SIGTERM"; cat "$logs/shutdown.log"; exit 1; }
+grep '^data: ' "$logs/stream.txt" | tail -n 1 | grep -q '^data: \[DONE\]$' || { echo "the stream was cut by the shutdown:"; cat "$logs/stream.txt"; exit 1; }
+grep -q '"finish_reason":"length"' "$logs/stream.txt" || { echo "the stream did not finish"; exit 1; }
+case "$health" in 503|000) ;; *) echo "/health answered $health while shutting down"; exit 1 ;; esac
+echo "graceful shutdown: the stream finished, the server exited 0 (health during shutdown: $health)"

@@ -3,7 +3,7 @@
 //! `chat.completion.chunk` events.
 
 use actix_web::{HttpResponse, web};
-use ember_engine::{Choice, FinishReason, GenerationEvent, RenderOptions, TextTokenizer, TokenLogprob};
+use ember_engine::{FinishReason, RenderOptions, TextTokenizer, TokenLogprob};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, ChatLogprobs, ChatMessage, MessageContent, TokenLogprobJson, TopLogprob};
 use crate::params::{generation_request, parse_body, reject_present, streaming};
 use crate::state::{AppState, random_id, unix_time};
-use crate::streams::{Item, collect, merge, sse, sse_done};
+use crate::streams::{Frame, collect, merge, sse_body, sse_event};
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
@@ -79,25 +79,25 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         model: state.model_name.clone(),
     };
     if stream {
-        let body = sse_body(items, head, n, include_usage, logprobs, tokenizer);
+        let body = chat_sse(items, head, n, include_usage, logprobs, tokenizer);
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
             .streaming(body));
     }
-    let (completion, usage) = collect(items).await?;
-    let mut choices = Vec::new();
-    for (index, choice) in completion.choices.iter().enumerate() {
-        if let Some(FinishReason::Error(message)) = &choice.finish_reason {
-            return Err(ApiError::internal(message.clone()));
-        }
-        choices.push(json!({
-            "index": index,
-            "message": {"role": "assistant", "content": choice.text},
-            "logprobs": logprobs.then(|| chat_logprobs(&tokenizer, &choice.logprobs)),
-            "finish_reason": finish_reason(choice),
-        }));
-    }
+    let (choices, usage) = collect(items).await?;
+    let choices: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(index, choice)| {
+            json!({
+                "index": index,
+                "message": {"role": "assistant", "content": choice.text},
+                "logprobs": logprobs.then(|| chat_logprobs(&tokenizer, &choice.logprobs)),
+                "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
+            })
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "id": head.id,
         "object": "chat.completion",
@@ -182,10 +182,6 @@ fn fingerprint() -> String {
     format!("ember-{}", env!("CARGO_PKG_VERSION"))
 }
 
-fn finish_reason(choice: &Choice) -> Option<&'static str> {
-    choice.finish_reason.as_ref().map(FinishReason::as_str)
-}
-
 /// OpenAI's logprobs: the token's text and bytes, and its alternatives.
 fn chat_logprobs(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
     let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
@@ -218,7 +214,7 @@ fn chat_logprobs(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLo
 
 /// `chat.completion.chunk` events: each choice's role first, then content
 /// deltas, a finish chunk per choice, the usage chunk if asked, `[DONE]`.
-fn sse_body(
+fn chat_sse(
     items: crate::streams::ItemStream,
     head: Head,
     n: usize,
@@ -238,9 +234,9 @@ fn sse_body(
         if include_usage {
             body["usage"] = usage.unwrap_or(Value::Null);
         }
-        sse(&body)
+        body
     };
-    let first: Vec<_> = (0..n)
+    let roles: Vec<Value> = (0..n)
         .map(|index| {
             chunk(
                 json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
@@ -248,41 +244,20 @@ fn sse_body(
             )
         })
         .collect();
-    let rest = items.flat_map(move |item| {
-        let out = match item {
-            Item::Event(GenerationEvent::Delta {
-                index, text, logprobs: lps, ..
-            }) => {
-                if text.is_empty() && (lps.is_empty() || !logprobs) {
-                    Vec::new()
-                } else {
-                    let lp = logprobs.then(|| chat_logprobs(&tokenizer, &lps));
-                    vec![chunk(
-                        json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]),
-                        None,
-                    )]
-                }
-            }
-            Item::Event(GenerationEvent::Finished {
-                reason: FinishReason::Error(message),
-                ..
-            }) => vec![sse(&ApiError::internal(message).body())],
-            Item::Event(GenerationEvent::Finished { index, reason }) => vec![chunk(
-                json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]),
+    let rest = sse_body(items, move |frame| match frame {
+        Frame::Delta { text, logprobs: lps, .. } if text.is_empty() && (lps.is_empty() || !logprobs) => None,
+        Frame::Delta { index, text, logprobs: lps } => {
+            let lp = logprobs.then(|| chat_logprobs(&tokenizer, &lps));
+            Some(chunk(
+                json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]),
                 None,
-            )],
-            Item::Event(GenerationEvent::Done { .. }) => Vec::new(),
-            Item::Usage(usage) => {
-                let mut out = Vec::new();
-                if include_usage {
-                    out.push(chunk(json!([]), Some(json!(crate::openai::Usage::from(usage)))));
-                }
-                out.push(sse_done());
-                out
-            }
-            Item::TimedOut => vec![sse(&ApiError::timeout().body()), sse_done()],
-        };
-        futures_util::stream::iter(out.into_iter().map(Ok))
+            ))
+        }
+        Frame::Finish { index, reason } => Some(chunk(
+            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]),
+            None,
+        )),
+        Frame::Usage(usage) => include_usage.then(|| chunk(json!([]), Some(json!(crate::openai::Usage::from(usage))))),
     });
-    futures_util::stream::iter(first.into_iter().map(Ok)).chain(rest)
+    futures_util::stream::iter(roles.into_iter().map(|r| Ok(sse_event(&r)))).chain(rest)
 }

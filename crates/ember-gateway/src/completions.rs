@@ -2,15 +2,14 @@
 //! either), no chat template.
 
 use actix_web::{HttpResponse, web};
-use ember_engine::{FinishReason, GenerationEvent, TextTokenizer, TokenLogprob};
-use futures_util::StreamExt;
+use ember_engine::{FinishReason, TextTokenizer, TokenLogprob};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, PromptField};
 use crate::params::{generation_request, parse_body, reject_present, streaming};
 use crate::state::{AppState, random_id, unix_time};
-use crate::streams::{Item, collect, merge, sse, sse_done};
+use crate::streams::{Frame, collect, merge, sse_body};
 
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 64;
@@ -54,55 +53,38 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
             if include_usage {
                 body["usage"] = usage.unwrap_or(Value::Null);
             }
-            sse(&body)
+            body
         };
-        let body = items.flat_map(move |item| {
-            let out = match item {
-                Item::Event(GenerationEvent::Delta {
-                    index, text, logprobs: lps, ..
-                }) if !text.is_empty() || (logprobs && !lps.is_empty()) => {
-                    let lp = logprobs.then(|| completion_logprobs(tokenizer.as_deref(), &lps));
-                    vec![chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]), None)]
-                }
-                Item::Event(GenerationEvent::Finished {
-                    reason: FinishReason::Error(message),
-                    ..
-                }) => vec![sse(&ApiError::internal(message).body())],
-                Item::Event(GenerationEvent::Finished { index, reason }) => vec![chunk(
-                    json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]),
-                    None,
-                )],
-                Item::Event(_) => Vec::new(),
-                Item::Usage(usage) => {
-                    let mut out = Vec::new();
-                    if include_usage {
-                        out.push(chunk(json!([]), Some(json!(crate::openai::Usage::from(usage)))));
-                    }
-                    out.push(sse_done());
-                    out
-                }
-                Item::TimedOut => vec![sse(&ApiError::timeout().body()), sse_done()],
-            };
-            futures_util::stream::iter(out.into_iter().map(Ok::<_, actix_web::Error>))
+        let body = sse_body(items, move |frame| match frame {
+            Frame::Delta { text, logprobs: lps, .. } if text.is_empty() && (lps.is_empty() || !logprobs) => None,
+            Frame::Delta { index, text, logprobs: lps } => {
+                let lp = logprobs.then(|| completion_logprobs(tokenizer.as_deref(), &lps));
+                Some(chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]), None))
+            }
+            Frame::Finish { index, reason } => Some(chunk(
+                json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]),
+                None,
+            )),
+            Frame::Usage(usage) => include_usage.then(|| chunk(json!([]), Some(json!(crate::openai::Usage::from(usage))))),
         });
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
             .streaming(body));
     }
-    let (completion, usage) = collect(items).await?;
-    let mut choices = Vec::new();
-    for (index, choice) in completion.choices.iter().enumerate() {
-        if let Some(FinishReason::Error(message)) = &choice.finish_reason {
-            return Err(ApiError::internal(message.clone()));
-        }
-        choices.push(json!({
-            "index": index,
-            "text": choice.text,
-            "logprobs": logprobs.then(|| completion_logprobs(tokenizer.as_deref(), &choice.logprobs)),
-            "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
-        }));
-    }
+    let (choices, usage) = collect(items).await?;
+    let choices: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(index, choice)| {
+            json!({
+                "index": index,
+                "text": choice.text,
+                "logprobs": logprobs.then(|| completion_logprobs(tokenizer.as_deref(), &choice.logprobs)),
+                "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
+            })
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "id": id,
         "object": "text_completion",

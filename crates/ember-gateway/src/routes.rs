@@ -2,8 +2,7 @@
 //! `/v1/models`, `/health` and `/metrics`.
 
 use actix_web::{HttpResponse, web};
-use ember_engine::{FinishReason, GenerationEvent, RenderOptions};
-use futures_util::StreamExt;
+use ember_engine::{FinishReason, RenderOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -11,7 +10,7 @@ use crate::error::ApiError;
 use crate::openai::KnownFields;
 use crate::params::{generation_request, parse_body};
 use crate::state::AppState;
-use crate::streams::{Item, collect, merge, sse, sse_done};
+use crate::streams::{Frame, collect, merge, sse_body};
 
 /// The seed API: `{"prompt", "max_tokens", "temperature", "top_p", "stream"}` -> `{"text"}`.
 #[derive(Debug, Deserialize)]
@@ -46,29 +45,16 @@ pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Res
     }
     let items = merge(vec![engine.submit(request)?], 1, state.limits.request_timeout);
     if sampling.stream.unwrap_or(false) {
-        let body = items.flat_map(|item| {
-            let out = match item {
-                Item::Event(GenerationEvent::Delta { text, .. }) if !text.is_empty() => vec![sse(&json!({"text": text}))],
-                Item::Event(GenerationEvent::Finished {
-                    reason: FinishReason::Error(message),
-                    ..
-                }) => vec![sse(&ApiError::internal(message).body())],
-                Item::Event(GenerationEvent::Finished { reason, .. }) => {
-                    vec![sse(&json!({"text": "", "finish_reason": reason.as_str()}))]
-                }
-                Item::Event(_) => Vec::new(),
-                Item::Usage(_) => vec![sse_done()],
-                Item::TimedOut => vec![sse(&ApiError::timeout().body()), sse_done()],
-            };
-            futures_util::stream::iter(out.into_iter().map(Ok::<_, actix_web::Error>))
+        let body = sse_body(items, |frame| match frame {
+            Frame::Delta { text, .. } if text.is_empty() => None,
+            Frame::Delta { text, .. } => Some(json!({"text": text})),
+            Frame::Finish { reason, .. } => Some(json!({"text": "", "finish_reason": reason})),
+            Frame::Usage(_) => None,
         });
         return Ok(HttpResponse::Ok().content_type("text/event-stream").streaming(body));
     }
-    let (completion, usage) = collect(items).await?;
-    let choice = completion.choices.into_iter().next().unwrap_or_default();
-    if let Some(FinishReason::Error(message)) = choice.finish_reason {
-        return Err(ApiError::internal(message));
-    }
+    let (choices, usage) = collect(items).await?;
+    let choice = choices.into_iter().next().unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({
         "text": choice.text,
         "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use ember_engine::{Completion, GenerationEvent, GenerationStream, Usage};
+use ember_engine::{Choice, Completion, FinishReason, GenerationEvent, GenerationStream, TokenLogprob, Usage};
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::time::Instant;
 
@@ -98,26 +98,89 @@ pub fn merge(streams: Vec<GenerationStream>, n: usize, timeout: Option<Duration>
     }))
 }
 
-/// Waits for everything: the choices in index order and the usage.
-pub async fn collect(mut items: ItemStream) -> Result<(Completion, Usage), ApiError> {
+/// Waits for everything: the choices in index order and the usage. A
+/// choice that failed fails the response.
+pub async fn collect(mut items: ItemStream) -> Result<(Vec<Choice>, Usage), ApiError> {
     let mut completion = Completion::default();
     while let Some(item) = items.next().await {
         match item {
             Item::Event(e) => {
                 completion.absorb(e);
             }
-            Item::Usage(usage) => return Ok((completion, usage)),
+            Item::Usage(usage) => {
+                if let Some(FinishReason::Error(message)) = completion.choices.iter().find_map(|c| match &c.finish_reason {
+                    Some(FinishReason::Error(m)) => Some(FinishReason::Error(m.clone())),
+                    _ => None,
+                }) {
+                    return Err(ApiError::internal(message));
+                }
+                return Ok((completion.choices, usage));
+            }
             Item::TimedOut => return Err(ApiError::timeout()),
         }
     }
     Err(ApiError::internal("the engine stopped before the request was done"))
 }
 
+/// What a route formats into an SSE event; `None` sends nothing.
+pub enum Frame {
+    Delta {
+        index: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Finish {
+        index: usize,
+        reason: &'static str,
+    },
+    Usage(Usage),
+}
+
+/// The SSE body of a request: the route formats deltas, finishes and the
+/// usage; failures and the request timeout become OpenAI error events;
+/// `data: [DONE]` ends it.
+pub fn sse_body(
+    items: ItemStream,
+    mut format: impl FnMut(Frame) -> Option<serde_json::Value> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>> + Send + 'static {
+    items.flat_map(move |item| {
+        let mut out = Vec::new();
+        let mut frame = |f: Frame| {
+            if let Some(json) = format(f) {
+                out.push(sse_event(&json));
+            }
+        };
+        match item {
+            Item::Event(GenerationEvent::Delta {
+                index, text, logprobs, ..
+            }) => frame(Frame::Delta { index, text, logprobs }),
+            Item::Event(GenerationEvent::Finished {
+                reason: FinishReason::Error(message),
+                ..
+            }) => out.push(sse_event(&ApiError::internal(message).body())),
+            Item::Event(GenerationEvent::Finished { index, reason }) => frame(Frame::Finish {
+                index,
+                reason: reason.as_str(),
+            }),
+            Item::Event(GenerationEvent::Done { .. }) => {}
+            Item::Usage(usage) => {
+                frame(Frame::Usage(usage));
+                out.push(sse_done());
+            }
+            Item::TimedOut => {
+                out.push(sse_event(&ApiError::timeout().body()));
+                out.push(sse_done());
+            }
+        }
+        stream::iter(out.into_iter().map(Ok))
+    })
+}
+
 /// One server-sent event carrying `json`.
-pub fn sse(json: &serde_json::Value) -> Bytes {
+pub fn sse_event(json: &serde_json::Value) -> Bytes {
     Bytes::from(format!("data: {json}\n\n"))
 }
 
-pub fn sse_done() -> Bytes {
+fn sse_done() -> Bytes {
     Bytes::from_static(b"data: [DONE]\n\n")
 }

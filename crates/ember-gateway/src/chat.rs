@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, ChatLogprobs, ChatMessage, MessageContent, TokenLogprobJson, TopLogprob};
 use crate::params::{generation_request, parse_body, reject_present, streaming};
-use crate::state::{AppState, random_id, unix_time};
-use crate::streams::{Frame, collect, merge, sse_body, sse_event};
+use crate::state::{AppState, fingerprint, random_id, unix_time};
+use crate::streams::{Frame, collect, merge, sse_body, sse_event, sse_response};
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
@@ -80,10 +80,7 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     };
     if stream {
         let body = chat_sse(items, head, n, include_usage, logprobs, tokenizer);
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("Cache-Control", "no-cache"))
-            .streaming(body));
+        return Ok(sse_response(body));
     }
     let (choices, usage) = collect(items).await?;
     let choices: Vec<Value> = choices
@@ -176,10 +173,6 @@ struct Head {
     id: String,
     created: u64,
     model: String,
-}
-
-fn fingerprint() -> String {
-    format!("ember-{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// OpenAI's logprobs: the token's text and bytes, and its alternatives.

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, PromptField};
 use crate::params::{generation_request, parse_body, reject_present, streaming};
-use crate::state::{AppState, random_id, unix_time};
-use crate::streams::{Frame, collect, merge, sse_body};
+use crate::state::{AppState, fingerprint, random_id, unix_time};
+use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 64;
@@ -67,10 +67,7 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
             )),
             Frame::Usage(usage) => include_usage.then(|| chunk(json!([]), Some(json!(crate::openai::Usage::from(usage))))),
         });
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("Cache-Control", "no-cache"))
-            .streaming(body));
+        return Ok(sse_response(body));
     }
     let (choices, usage) = collect(items).await?;
     let choices: Vec<Value> = choices
@@ -90,7 +87,7 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
         "object": "text_completion",
         "created": created,
         "model": model,
-        "system_fingerprint": format!("ember-{}", env!("CARGO_PKG_VERSION")),
+        "system_fingerprint": fingerprint(),
         "choices": choices,
         "usage": crate::openai::Usage::from(usage),
     })))

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::openai::KnownFields;
 use crate::params::{generation_request, parse_body};
 use crate::state::AppState;
-use crate::streams::{Frame, collect, merge, sse_body};
+use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 
 /// The seed API: `{"prompt", "max_tokens", "temperature", "top_p", "stream"}` -> `{"text"}`.
 #[derive(Debug, Deserialize)]
@@ -51,7 +51,7 @@ pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Res
             Frame::Finish { reason, .. } => Some(json!({"text": "", "finish_reason": reason})),
             Frame::Usage(_) => None,
         });
-        return Ok(HttpResponse::Ok().content_type("text/event-stream").streaming(body));
+        return Ok(sse_response(body));
     }
     let (choices, usage) = collect(items).await?;
     let choice = choices.into_iter().next().unwrap_or_default();

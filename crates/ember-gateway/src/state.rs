@@ -98,3 +98,8 @@ pub fn unix_time() -> u64 {
 pub fn random_id(prefix: &str) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }
+
+/// `system_fingerprint` of responses: which Ember produced them.
+pub fn fingerprint() -> String {
+    format!("ember-{}", env!("CARGO_PKG_VERSION"))
+}

@@ -176,6 +176,16 @@ pub fn sse_body(
     })
 }
 
+/// The HTTP response that streams `body` as server-sent events.
+pub fn sse_response(
+    body: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body)
+}
+
 /// One server-sent event carrying `json`.
 pub fn sse_event(json: &serde_json::Value) -> Bytes {
     Bytes::from(format!("data: {json}\n\n"))

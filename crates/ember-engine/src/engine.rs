@@ -385,7 +385,11 @@ fn engine_loop(mut scheduler: Scheduler, requests: Receiver<Incoming>) {
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        scheduler.step();
+        // Model and sampling failures are caught per sequence inside the
+        // step; this catches a bug anywhere else in it.
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.step())) {
+            scheduler.fail_all(&crate::scheduler::panic_message(&panic));
+        }
     }
 }
 

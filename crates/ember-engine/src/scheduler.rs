@@ -430,6 +430,31 @@ impl Scheduler {
         }
     }
 
+    /// Last resort after a step panicked outside the per-sequence guards:
+    /// every request ends with an error (instead of the engine thread
+    /// dying and every stream stopping without a word), and the engine
+    /// carries on with an empty queue.
+    pub fn fail_all(&mut self, message: &str) {
+        let reason = FinishReason::Error(message.to_owned());
+        for seq in std::mem::take(&mut self.waiting) {
+            if let Some(group) = self.groups.get(&seq.group) {
+                let _ = group.tx.send(GenerationEvent::Finished {
+                    index: seq.index,
+                    reason: reason.clone(),
+                });
+            }
+            finish_in_group(&mut self.groups, &self.stats, seq.group, 0);
+        }
+        for seq in &mut self.running {
+            seq.finished = Some(reason.clone());
+        }
+        self.reap();
+        if !self.pool.is_intact() {
+            self.pool = self.model.new_pool(self.pool.num_blocks(), self.pool.block_size());
+            self.blocks.clear_cache();
+        }
+    }
+
     /// The pool's contents were lost inside a failed write: start over with
     /// a fresh pool; every running sequence is recomputed.
     fn rebuild_pool(&mut self) {
@@ -574,7 +599,7 @@ fn sample_and_emit(
     Ok(finish)
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

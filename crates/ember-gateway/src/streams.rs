@@ -22,6 +22,8 @@ pub enum Item {
     /// The request ran past the server's timeout; its streams are dropped
     /// (cancelling them in the engine).
     TimedOut,
+    /// The engine went away before every prompt was done.
+    EngineGone,
 }
 
 pub type ItemStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
@@ -61,9 +63,8 @@ pub fn merge(streams: Vec<GenerationStream>, n: usize, timeout: Option<Duration>
                 None => st.merged.next().await,
             };
             let Some((offset, event)) = next else {
-                // The engine went away before every prompt was done.
                 st.finished = true;
-                return Some((Item::Usage(st.usage), st));
+                return Some((Item::EngineGone, st));
             };
             let event = match event {
                 GenerationEvent::Done { usage } => {
@@ -117,9 +118,14 @@ pub async fn collect(mut items: ItemStream) -> Result<(Vec<Choice>, Usage), ApiE
                 return Ok((completion.choices, usage));
             }
             Item::TimedOut => return Err(ApiError::timeout()),
+            Item::EngineGone => break,
         }
     }
-    Err(ApiError::internal("the engine stopped before the request was done"))
+    Err(engine_gone())
+}
+
+fn engine_gone() -> ApiError {
+    ApiError::internal("the engine stopped before the request was done")
 }
 
 /// What a route formats into an SSE event; `None` sends nothing.
@@ -169,6 +175,10 @@ pub fn sse_body(
             }
             Item::TimedOut => {
                 out.push(sse_event(&ApiError::timeout().body()));
+                out.push(sse_done());
+            }
+            Item::EngineGone => {
+                out.push(sse_event(&engine_gone().body()));
                 out.push(sse_done());
             }
         }

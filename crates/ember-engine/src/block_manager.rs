@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub type BlockId = u32;
 
@@ -108,13 +109,6 @@ impl BlockManager {
         }
     }
 
-    /// Releases every block of a table.
-    pub fn release_all(&mut self, blocks: &mut Vec<BlockId>) {
-        for b in blocks.drain(..) {
-            self.release(b);
-        }
-    }
-
     /// The blocks caching the longest prefix of `tokens`, in whole blocks
     /// and at most `max_blocks`, each now referenced by the caller; with
     /// their hashes for chaining the next block.
@@ -168,6 +162,70 @@ impl BlockManager {
     }
 }
 
+/// The block manager shared by the scheduler and the block tables it hands
+/// out. (A mutex rather than a `RefCell`: sequences cross from the caller's
+/// thread to the engine thread, so they must be `Send`; the lock is never
+/// contended, only the engine thread takes it.)
+#[derive(Clone)]
+pub struct SharedBlocks(Arc<Mutex<BlockManager>>);
+
+impl SharedBlocks {
+    pub fn new(manager: BlockManager) -> Self {
+        Self(Arc::new(Mutex::new(manager)))
+    }
+
+    /// Never hold the guard while a `BlockTable` is dropped: the drop locks too.
+    pub fn lock(&self) -> MutexGuard<'_, BlockManager> {
+        // A panic while locked leaves the counts as they were at the panic;
+        // the engine carries on with them.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An empty table whose blocks go back to this manager when it is dropped.
+    pub fn table(&self) -> BlockTable {
+        BlockTable {
+            ids: Vec::new(),
+            owner: self.clone(),
+        }
+    }
+}
+
+/// A sequence's blocks in position order. Dropping the table releases them,
+/// so a sequence that leaves for any reason (finished, cancelled, failed,
+/// preempted) frees its memory.
+pub struct BlockTable {
+    ids: Vec<BlockId>,
+    owner: SharedBlocks,
+}
+
+impl BlockTable {
+    pub fn ids(&self) -> &[BlockId] {
+        &self.ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Takes ownership of one reference to `block`.
+    pub fn push(&mut self, block: BlockId) {
+        self.ids.push(block);
+    }
+}
+
+impl Drop for BlockTable {
+    fn drop(&mut self) {
+        let mut manager = self.owner.lock();
+        for b in self.ids.drain(..) {
+            manager.release(b);
+        }
+    }
+}
+
 fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
     let mut h = DefaultHasher::new();
     parent.hash(&mut h);
@@ -195,8 +253,10 @@ mod tests {
     #[test]
     fn a_released_prefix_is_found_again_and_a_different_one_is_not() {
         let mut m = BlockManager::new(8, 2);
-        let mut table = cache_blocks(&mut m, &[1, 2, 3, 4, 5, 6]);
-        m.release_all(&mut table);
+        let table = cache_blocks(&mut m, &[1, 2, 3, 4, 5, 6]);
+        for b in table {
+            m.release(b);
+        }
         assert_eq!(m.num_available(), 8);
         let hit = m.match_prefix(&[1, 2, 3, 4, 9, 9], 3);
         assert_eq!(hit.len(), 2);
@@ -219,6 +279,19 @@ mod tests {
         assert!(m.match_prefix(&[10], 1).is_empty());
         assert_eq!(m.match_prefix(&[20], 1).len(), 1);
         assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn a_dropped_table_gives_its_blocks_back() {
+        let shared = SharedBlocks::new(BlockManager::new(4, 2));
+        let mut table = shared.table();
+        for _ in 0..3 {
+            let b = shared.lock().allocate();
+            table.push(b.unwrap_or(BlockId::MAX));
+        }
+        assert_eq!(shared.lock().num_used(), 3);
+        drop(table);
+        assert_eq!(shared.lock().num_used(), 0);
     }
 
     #[test]

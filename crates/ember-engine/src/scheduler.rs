@@ -14,7 +14,7 @@ use std::time::Instant;
 use ember_model::{CausalLm, KvPool, LogitsMode, SequenceInput, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::block_manager::{BlockId, BlockManager, ROOT_HASH};
+use crate::block_manager::{BlockManager, BlockTable, ROOT_HASH, SharedBlocks};
 use crate::metrics::{self, EngineObserver, EngineStats, StepReport};
 use crate::request::{FinishReason, GenerationEvent, Usage};
 use crate::sampling::{LogitsProcessor, Sampler, TokenHistory};
@@ -57,8 +57,9 @@ pub(crate) struct Sequence {
     pub stop: StopMatcher,
     /// Tokens whose keys and values are in the pool.
     computed: usize,
-    blocks: Vec<BlockId>,
-    /// Prefix-cache hashes of `blocks[..hashes.len()]`, all full.
+    /// Set while admitted; dropping it frees the blocks.
+    table: Option<BlockTable>,
+    /// Prefix-cache hashes of the table's first `hashes.len()` blocks, all full.
     hashes: Vec<u64>,
     admitted_at: u64,
     last_token_at: Option<Instant>,
@@ -91,7 +92,7 @@ impl Sequence {
             decoder,
             stop,
             computed: 0,
-            blocks: Vec::new(),
+            table: None,
             hashes: Vec::new(),
             admitted_at: 0,
             last_token_at: None,
@@ -101,6 +102,10 @@ impl Sequence {
 
     fn output_len(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    fn block_ids(&self) -> &[u32] {
+        self.table.as_ref().map_or(&[], BlockTable::ids)
     }
 }
 
@@ -114,7 +119,7 @@ struct Planned {
 pub(crate) struct Scheduler {
     model: CausalLm,
     pool: KvPool,
-    blocks: BlockManager,
+    blocks: SharedBlocks,
     config: SchedulerConfig,
     waiting: VecDeque<Sequence>,
     /// In admission order: the last is the first to be preempted.
@@ -139,7 +144,7 @@ impl Scheduler {
         Self {
             model,
             pool,
-            blocks: BlockManager::new(num_blocks, block_size),
+            blocks: SharedBlocks::new(BlockManager::new(num_blocks, block_size)),
             config,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -182,14 +187,18 @@ impl Scheduler {
 
     fn report(&self, plan: &[Planned]) -> StepReport {
         let decode_tokens = plan.iter().filter(|p| p.len == 1).count();
+        let (kv_blocks_used, kv_blocks_total) = {
+            let blocks = self.blocks.lock();
+            (blocks.num_used(), blocks.num_blocks())
+        };
         let report = StepReport {
             batch_size: plan.len(),
             prefill_tokens: plan.iter().map(|p| p.len).sum::<usize>() - decode_tokens,
             decode_tokens,
             running: self.running.len(),
             waiting: self.waiting.len(),
-            kv_blocks_used: self.blocks.num_used(),
-            kv_blocks_total: self.blocks.num_blocks(),
+            kv_blocks_used,
+            kv_blocks_total,
         };
         metrics::set(&self.stats.running, report.running);
         metrics::set(&self.stats.kv_blocks_used, report.kv_blocks_used);
@@ -219,7 +228,7 @@ impl Scheduler {
 
     /// Picks this step's tokens for every sequence, preempting or admitting.
     fn schedule(&mut self) -> Vec<Planned> {
-        let bs = self.blocks.block_size();
+        let bs = self.pool.block_size();
         let mut budget = self.config.max_num_batched_tokens;
         let mut plan = Vec::new();
         let mut preempted = false;
@@ -232,9 +241,10 @@ impl Scheduler {
                 continue;
             }
             let needed = (seq.computed + len).div_ceil(bs);
-            while self.running[i].blocks.len() < needed {
-                match self.blocks.allocate() {
-                    Some(b) => self.running[i].blocks.push(b),
+            while self.running[i].block_ids().len() < needed {
+                let allocated = self.blocks.lock().allocate();
+                match allocated {
+                    Some(b) => self.running[i].table.get_or_insert_with(|| self.blocks.table()).push(b),
                     None => {
                         let victim = self.running.len() - 1;
                         self.preempt(victim);
@@ -259,7 +269,7 @@ impl Scheduler {
     /// recomputation; its output so far and its sampler state stay.
     fn preempt(&mut self, index: usize) {
         let mut seq = self.running.remove(index);
-        self.blocks.release_all(&mut seq.blocks);
+        seq.table = None;
         seq.hashes.clear();
         seq.computed = 0;
         metrics::add(&self.stats.preemptions, 1);
@@ -267,8 +277,8 @@ impl Scheduler {
     }
 
     fn admit(&mut self, plan: &mut Vec<Planned>, budget: &mut usize) {
-        let bs = self.blocks.block_size();
-        let watermark = self.blocks.num_blocks() / 100;
+        let bs = self.pool.block_size();
+        let watermark = self.pool.num_blocks() / 100;
         let mut w = 0;
         while w < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_num_seqs {
             let seq = &self.waiting[w];
@@ -279,26 +289,30 @@ impl Scheduler {
             }
             // Reuse whole cached blocks, leaving at least the last token to compute.
             let max_blocks = (seq.tokens.len() - 1) / bs;
-            let matched = self.blocks.match_prefix(&seq.tokens, max_blocks);
+            let matched = self.blocks.lock().match_prefix(&seq.tokens, max_blocks);
+            let mut table = self.blocks.table();
+            for &(b, _) in &matched {
+                table.push(b);
+            }
             let cached = matched.len() * bs;
             let len = (seq.tokens.len() - cached).min(*budget);
             let needed = (cached + len).div_ceil(bs) - matched.len();
-            if self.blocks.num_available() < needed + watermark {
-                for (b, _) in matched {
-                    self.blocks.release(b);
-                }
+            let available = self.blocks.lock().num_available();
+            if available < needed + watermark {
+                // Dropping the table gives the matched blocks back.
                 break;
             }
             let Some(mut seq) = self.waiting.remove(w) else { break };
             let first_admission = seq.tokens.len() == seq.prompt_len;
-            seq.blocks = matched.iter().map(|m| m.0).collect();
-            seq.hashes = matched.iter().map(|m| m.1).collect();
-            seq.computed = cached;
             for _ in 0..needed {
-                if let Some(b) = self.blocks.allocate() {
-                    seq.blocks.push(b);
+                let allocated = self.blocks.lock().allocate();
+                if let Some(b) = allocated {
+                    table.push(b);
                 }
             }
+            seq.table = Some(table);
+            seq.hashes = matched.iter().map(|m| m.1).collect();
+            seq.computed = cached;
             self.clock += 1;
             seq.admitted_at = self.clock;
             if let Some(g) = self.groups.get_mut(&seq.group) {
@@ -335,7 +349,7 @@ impl Scheduler {
                 SequenceInput {
                     tokens: &s.tokens[s.computed..s.computed + p.len],
                     past_len: s.computed,
-                    block_table: &s.blocks,
+                    block_table: s.block_ids(),
                 }
             })
             .collect();
@@ -369,7 +383,7 @@ impl Scheduler {
     /// Advances every planned sequence past its computed tokens, caches its
     /// newly full blocks, and samples where logits came back.
     fn take_outputs(&mut self, plan: &[Planned], mut rows: HashMap<usize, Vec<f32>>) {
-        let bs = self.blocks.block_size();
+        let bs = self.pool.block_size();
         for (k, p) in plan.iter().enumerate() {
             let seq = &mut self.running[p.running];
             let decoding = p.len == 1 && seq.computed >= seq.prompt_len;
@@ -380,7 +394,8 @@ impl Scheduler {
             while seq.hashes.len() < seq.computed / bs {
                 let b = seq.hashes.len();
                 let parent = seq.hashes.last().copied().unwrap_or(ROOT_HASH);
-                let hash = self.blocks.register_full(seq.blocks[b], parent, &seq.tokens[b * bs..(b + 1) * bs]);
+                let block = seq.block_ids()[b];
+                let hash = self.blocks.lock().register_full(block, parent, &seq.tokens[b * bs..(b + 1) * bs]);
                 seq.hashes.push(hash);
             }
             let Some(mut row) = rows.remove(&k) else { continue };
@@ -451,7 +466,7 @@ impl Scheduler {
         self.reap();
         if !self.pool.is_intact() {
             self.pool = self.model.new_pool(self.pool.num_blocks(), self.pool.block_size());
-            self.blocks.clear_cache();
+            self.blocks.lock().clear_cache();
         }
     }
 
@@ -462,7 +477,7 @@ impl Scheduler {
         while !self.running.is_empty() {
             self.preempt(self.running.len() - 1);
         }
-        self.blocks.clear_cache();
+        self.blocks.lock().clear_cache();
     }
 
     /// Removes finished sequences, frees their blocks, and closes requests
@@ -474,8 +489,8 @@ impl Scheduler {
                 i += 1;
                 continue;
             };
-            let mut seq = self.running.remove(i);
-            self.blocks.release_all(&mut seq.blocks);
+            // Dropping the sequence (at the end of this iteration) frees its blocks.
+            let seq = self.running.remove(i);
             if let Some(group) = self.groups.get_mut(&seq.group) {
                 group.leader_prefilled = true;
                 if reason != FinishReason::Cancelled {

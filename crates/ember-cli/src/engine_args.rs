@@ -1,42 +1,52 @@
-//! The engine flags shared by every subcommand that runs the scheduler.
+//! The engine flags shared by every subcommand that runs the scheduler. Unset
+//! flags keep the engine's own defaults (`EngineConfig::default`); `ember
+//! serve` lays them over its config file's `[engine]` table.
 
 use anyhow::Result;
 use ember_engine::EngineConfig;
+use ember_gateway::config::EngineSection;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
     /// KV cache size: bytes with an optional K/M/G/KiB/MiB/GiB suffix
-    /// (`2GiB`), or a fraction of available memory (`0.2`). Give bytes on GPU devices.
-    #[arg(long, default_value = "0.2")]
-    pub kv_cache_memory: String,
-    /// Tokens per KV block.
-    #[arg(long, default_value_t = 16)]
-    pub block_size: usize,
-    /// Tokens one step may compute; long prompts are prefilled in chunks of this.
-    #[arg(long, default_value_t = 512)]
-    pub max_num_batched_tokens: usize,
-    /// Sequences one step may run.
-    #[arg(long, default_value_t = 128)]
-    pub max_num_seqs: usize,
-    /// Requests that may wait before new ones are refused.
-    #[arg(long, default_value_t = 512)]
-    pub max_queue_len: usize,
-    /// Cap on prompt + output tokens (default: the model's window).
+    /// (`2GiB`), or a fraction of available memory (`0.2`, the default).
+    /// Give bytes on GPU devices.
+    #[arg(long)]
+    pub kv_cache_memory: Option<String>,
+    /// Tokens per KV block [default: 16].
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Tokens one step may compute; long prompts are prefilled in chunks of
+    /// this [default: 512].
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// Sequences one step may run [default: 128].
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Requests that may wait before new ones are refused [default: 512].
+    #[arg(long)]
+    pub max_queue_len: Option<usize>,
+    /// Cap on prompt + output tokens [default: the model's window].
     #[arg(long)]
     pub max_model_len: Option<usize>,
 }
 
 impl EngineArgs {
+    /// Lays the given flags over `section`.
+    pub fn overlay(&self, section: &mut EngineSection) {
+        let s = section;
+        s.kv_cache_memory = self.kv_cache_memory.clone().or(s.kv_cache_memory.take());
+        s.block_size = self.block_size.or(s.block_size);
+        s.max_num_batched_tokens = self.max_num_batched_tokens.or(s.max_num_batched_tokens);
+        s.max_num_seqs = self.max_num_seqs.or(s.max_num_seqs);
+        s.max_queue_len = self.max_queue_len.or(s.max_queue_len);
+        s.max_model_len = self.max_model_len.or(s.max_model_len);
+    }
+
     pub fn config(&self) -> Result<EngineConfig> {
-        Ok(EngineConfig {
-            block_size: self.block_size,
-            kv_cache_memory: self.kv_cache_memory.parse()?,
-            max_num_batched_tokens: self.max_num_batched_tokens,
-            max_num_seqs: self.max_num_seqs,
-            max_queue_len: self.max_queue_len,
-            max_model_len: self.max_model_len,
-            observer: None,
-        })
+        let mut section = EngineSection::default();
+        self.overlay(&mut section);
+        Ok(section.engine_config(None)?)
     }
 
     /// For commands that run one sequence at a time: the pool then holds at

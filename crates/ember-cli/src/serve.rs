@@ -5,15 +5,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use ember_engine::{EngineConfig, EngineHandle, LoadedModel};
-use ember_gateway::{AppState, GatewayMetrics, Limits, ServeConfig};
+use ember_engine::{EngineHandle, LoadedModel};
+use ember_gateway::{AppState, GatewayMetrics, ServeConfig};
 
 use crate::device::{DeviceChoice, DtypeChoice};
+use crate::engine_args::EngineArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -41,17 +41,8 @@ pub struct ServeArgs {
     /// [default: f32]
     #[arg(long, value_enum)]
     dtype: Option<DtypeChoice>,
-    /// KV cache size: `2GiB`, or a fraction of available memory [default: 0.2].
-    #[arg(long)]
-    kv_cache_memory: Option<String>,
-    #[arg(long)]
-    max_num_seqs: Option<usize>,
-    #[arg(long)]
-    max_num_batched_tokens: Option<usize>,
-    #[arg(long)]
-    max_queue_len: Option<usize>,
-    #[arg(long)]
-    max_model_len: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// The config file with the flags laid over it.
@@ -73,30 +64,8 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
     if let Some(d) = args.dtype {
         m.dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
     }
-    let e = &mut c.engine;
-    e.kv_cache_memory = args.kv_cache_memory.or(e.kv_cache_memory.take());
-    e.max_num_seqs = args.max_num_seqs.or(e.max_num_seqs);
-    e.max_num_batched_tokens = args.max_num_batched_tokens.or(e.max_num_batched_tokens);
-    e.max_queue_len = args.max_queue_len.or(e.max_queue_len);
-    e.max_model_len = args.max_model_len.or(e.max_model_len);
+    args.engine.overlay(&mut c.engine);
     Ok(c)
-}
-
-fn engine_config(c: &ServeConfig, metrics: Arc<GatewayMetrics>) -> Result<EngineConfig> {
-    let d = EngineConfig::default();
-    let e = &c.engine;
-    Ok(EngineConfig {
-        block_size: e.block_size.unwrap_or(d.block_size),
-        kv_cache_memory: match &e.kv_cache_memory {
-            Some(text) => text.parse()?,
-            None => d.kv_cache_memory,
-        },
-        max_num_batched_tokens: e.max_num_batched_tokens.unwrap_or(d.max_num_batched_tokens),
-        max_num_seqs: e.max_num_seqs.unwrap_or(d.max_num_seqs),
-        max_queue_len: e.max_queue_len.unwrap_or(d.max_queue_len),
-        max_model_len: e.max_model_len,
-        observer: Some(metrics),
-    })
 }
 
 fn parse_choice<T: ValueEnum>(value: Option<&str>, what: &str) -> Result<Option<T>> {
@@ -124,14 +93,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let dtype: DtypeChoice = parse_choice(c.model.dtype.as_deref(), "dtype")?.unwrap_or(DtypeChoice::F32);
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
     let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
-    let engine_config = engine_config(&c, metrics.clone())?;
+    let engine_config = c.engine.engine_config(Some(metrics.clone()))?;
     let s = &c.server;
-    let limits = Limits {
-        max_body_bytes: s.max_body_bytes,
-        max_messages: s.max_messages,
-        request_timeout: (s.request_timeout_secs > 0).then(|| Duration::from_secs(s.request_timeout_secs)),
-    };
-    let state = web::Data::new(AppState::new(served.clone(), limits, s.api_keys.clone(), metrics));
+    let state = web::Data::new(AppState::new(served.clone(), s.limits(), s.api_keys.clone(), metrics));
 
     // Load in the background: the port answers /health (503) meanwhile.
     let loading = state.clone();
@@ -187,7 +151,7 @@ async fn wait_for_signal() {
         use actix_web::rt::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
-                tokio_select(actix_web::rt::signal::ctrl_c(), term.recv()).await;
+                first_of(actix_web::rt::signal::ctrl_c(), term.recv()).await;
             }
             Err(_) => {
                 let _ = actix_web::rt::signal::ctrl_c().await;
@@ -201,7 +165,7 @@ async fn wait_for_signal() {
 }
 
 /// Whichever of two futures finishes first.
-async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+async fn first_of<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
     futures_util::future::select(std::pin::pin!(a), std::pin::pin!(b)).await;
 }
 

@@ -3,8 +3,13 @@
 //! Command-line flags override the file; see docs/CONFIG.md.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use ember_engine::{EngineConfig, EngineError, EngineObserver};
 use serde::Deserialize;
+
+use crate::state::Limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -88,6 +93,36 @@ pub struct EngineSection {
     pub max_num_seqs: Option<usize>,
     pub max_queue_len: Option<usize>,
     pub max_model_len: Option<usize>,
+}
+
+impl ServerSection {
+    /// The request limits these settings give.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_messages: self.max_messages,
+            request_timeout: (self.request_timeout_secs > 0).then(|| Duration::from_secs(self.request_timeout_secs)),
+        }
+    }
+}
+
+impl EngineSection {
+    /// The engine configuration: these settings over `EngineConfig::default()`.
+    pub fn engine_config(&self, observer: Option<Arc<dyn EngineObserver>>) -> Result<EngineConfig, EngineError> {
+        let d = EngineConfig::default();
+        Ok(EngineConfig {
+            block_size: self.block_size.unwrap_or(d.block_size),
+            kv_cache_memory: match &self.kv_cache_memory {
+                Some(text) => text.parse()?,
+                None => d.kv_cache_memory,
+            },
+            max_num_batched_tokens: self.max_num_batched_tokens.unwrap_or(d.max_num_batched_tokens),
+            max_num_seqs: self.max_num_seqs.unwrap_or(d.max_num_seqs),
+            max_queue_len: self.max_queue_len.unwrap_or(d.max_queue_len),
+            max_model_len: self.max_model_len,
+            observer,
+        })
+    }
 }
 
 impl ServeConfig {

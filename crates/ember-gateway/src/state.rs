@@ -21,11 +21,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 4 << 20,
-            max_messages: 1024,
-            request_timeout: Some(Duration::from_secs(600)),
-        }
+        crate::config::ServerSection::default().limits()
     }
 }
 

@@ -203,14 +203,6 @@ impl BlockTable {
         &self.ids
     }
 
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     /// Takes ownership of one reference to `block`.
     pub fn push(&mut self, block: BlockId) {
         self.ids.push(block);

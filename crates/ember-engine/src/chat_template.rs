@@ -75,52 +75,30 @@ fn tojson(value: &Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Jinj
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
     // Serialized straight from the template value, which keeps key order.
-    let sorted;
-    let source: &dyn erased::Json = if sort_keys == Some(true) {
+    let written = if sort_keys == Some(true) {
         let mut json = serde_json::to_value(value).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
         json.sort_all_objects();
-        sorted = json;
-        &sorted
+        to_python_json(&json, indent)
     } else {
-        value
+        to_python_json(value, indent)
     };
-    let mut out = Vec::new();
-    let written = match indent {
-        Some(n) => {
-            let spaces = vec![b' '; n];
-            source.write(&mut serde_json::Serializer::with_formatter(
-                &mut out,
-                serde_json::ser::PrettyFormatter::with_indent(&spaces),
-            ))
-        }
-        None => source.write_python(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
-    };
-    written.map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let out = written.map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(Value::from_safe_string(String::from_utf8_lossy(&out).into_owned()))
 }
 
-/// Lets `tojson` serialize either a template value or a sorted JSON value.
-mod erased {
-    use serde_json::Serializer;
-    use serde_json::ser::PrettyFormatter;
-
-    use super::PythonFormatter;
-
-    pub trait Json {
-        fn write(&self, ser: &mut Serializer<&mut Vec<u8>, PrettyFormatter<'_>>) -> serde_json::Result<()>;
-        fn write_python(&self, ser: &mut Serializer<&mut Vec<u8>, PythonFormatter>) -> serde_json::Result<()>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn write(&self, ser: &mut Serializer<&mut Vec<u8>, PrettyFormatter<'_>>) -> serde_json::Result<()> {
-            self.serialize(ser)
+/// `json.dumps(value, ensure_ascii=False, indent=indent)`.
+fn to_python_json<T: Serialize + ?Sized>(value: &T, indent: Option<usize>) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, formatter))?;
         }
-        fn write_python(&self, ser: &mut Serializer<&mut Vec<u8>, PythonFormatter>) -> serde_json::Result<()> {
-            self.serialize(ser)
-        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter))?,
     }
+    Ok(out)
 }
-
 /// Python's default `json.dumps` separators: `", "` between items, `": "`
 /// after keys.
 struct PythonFormatter;

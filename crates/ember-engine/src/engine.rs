@@ -255,7 +255,7 @@ impl EngineHandle {
     /// Queues a request. Everything that can be checked before it runs is
     /// checked here, so a bad request never reaches the batch.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
-        let plan = self.validate(&request)?;
+        let max_tokens = self.validate(&request)?;
         let shared = &self.shared;
         let waiting = shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
         if waiting as usize >= shared.info.max_queue_len {
@@ -278,7 +278,7 @@ impl EngineHandle {
                     id,
                     index,
                     request.prompt.clone(),
-                    plan.max_tokens,
+                    max_tokens,
                     stop_ids.clone(),
                     Sampler::new(request.sampling.clone(), seed.wrapping_add(index as u64)),
                     request.logits_processor.as_ref().map(|f| f.create()),
@@ -313,7 +313,8 @@ impl EngineHandle {
         })
     }
 
-    fn validate(&self, request: &GenerationRequest) -> Result<ValidPlan> {
+    /// Checks the request; returns its output limit per choice.
+    fn validate(&self, request: &GenerationRequest) -> Result<usize> {
         let info = &self.shared.info;
         let vocab = self.shared.model.config.vocab_size;
         if request.prompt.is_empty() {
@@ -357,12 +358,8 @@ impl EngineHandle {
                 max_model_len: info.max_model_len,
             });
         }
-        Ok(ValidPlan { max_tokens })
+        Ok(max_tokens)
     }
-}
-
-struct ValidPlan {
-    max_tokens: usize,
 }
 
 /// Steps while there is work; blocks for requests when idle.

@@ -75,20 +75,6 @@ impl KvPool {
         self.num_blocks += extra;
     }
 
-    /// Copies block `src` into block `dst` in every layer (copy-on-write of a
-    /// shared, partly filled block when a sequence forks).
-    pub fn copy_block(&mut self, src: u32, dst: u32) {
-        let bs = self.block_size;
-        let from = self.slot_tensor((0..bs).map(|i| src as usize * bs + i));
-        let to = self.slot_tensor((0..bs).map(|i| dst as usize * bs + i));
-        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            if let Some(t) = pool.take() {
-                let rows = t.clone().select(0, from.clone());
-                *pool = Some(t.select_assign(0, to.clone(), rows, IndexingUpdateOp::Assign));
-            }
-        }
-    }
-
     /// Whether every layer's pools are present: false only after a panic
     /// inside a write, after which the engine must rebuild the pool.
     pub fn is_intact(&self) -> bool {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, ChatLogprobs, ChatMessage, MessageContent, TokenLogprobJson, TopLogprob};
-use crate::params::{generation_request, parse_body, reject_present, streaming};
+use crate::params::{encode, generation_request, parse_body, reject_present, streaming};
 use crate::state::{AppState, fingerprint, random_id, unix_time};
 use crate::streams::{Frame, collect, merge, sse_body, sse_event, sse_response};
 
@@ -50,11 +50,7 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         tools: None::<&[Value]>,
         add_generation_prompt: true,
     })?;
-    // Long conversations take a while to tokenize: off the async workers.
-    let encoder = tokenizer.clone();
-    let prompt = web::block(move || encoder.encode(&rendered, false))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let prompt = encode(tokenizer.clone(), rendered, false).await?;
 
     let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
         (Some(m), _) => Some(("max_completion_tokens", m)),

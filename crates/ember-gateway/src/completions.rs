@@ -1,13 +1,15 @@
 //! `POST /v1/completions`: raw prompts (text, token ids, or lists of
 //! either), no chat template.
 
+use std::sync::Arc;
+
 use actix_web::{HttpResponse, web};
 use ember_engine::{FinishReason, TextTokenizer, TokenLogprob};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, PromptField};
-use crate::params::{generation_request, parse_body, reject_present, streaming};
+use crate::params::{encode_all, generation_request, parse_body, reject_present, streaming};
 use crate::state::{AppState, fingerprint, random_id, unix_time};
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 
@@ -26,7 +28,7 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
     ])?;
     let (stream, include_usage) = streaming(&sampling)?;
     let tokenizer = engine.model().tokenizer.clone();
-    let prompts = prompt_ids(req.prompt, tokenizer.as_deref())?;
+    let prompts = prompt_ids(req.prompt, tokenizer.clone()).await?;
     let logprobs = req.logprobs.is_some();
     // OpenAI's default for completions.
     let max_tokens = req.max_tokens.unwrap_or(16);
@@ -94,21 +96,23 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
 }
 
 /// Every prompt as token ids.
-fn prompt_ids(prompt: PromptField, tokenizer: Option<&TextTokenizer>) -> Result<Vec<Vec<u32>>, ApiError> {
-    let encode = |text: &str| -> Result<Vec<u32>, ApiError> {
-        let t = tokenizer.ok_or_else(|| ApiError::invalid("prompt", "this model has no tokenizer: send token ids"))?;
-        Ok(t.encode(text, true)?)
-    };
+async fn prompt_ids(prompt: PromptField, tokenizer: Option<Arc<TextTokenizer>>) -> Result<Vec<Vec<u32>>, ApiError> {
     let prompts = match prompt {
-        PromptField::Text(t) => vec![encode(&t)?],
-        PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
         PromptField::Tokens(ids) => vec![ids],
         PromptField::TokenLists(lists) => lists,
+        PromptField::Text(text) => encode_texts(vec![text], tokenizer).await?,
+        PromptField::Texts(texts) if texts.len() <= MAX_PROMPTS => encode_texts(texts, tokenizer).await?,
+        PromptField::Texts(_) => Vec::new(),
     };
     if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
         return Err(ApiError::invalid("prompt", format!("give between 1 and {MAX_PROMPTS} prompts")));
     }
     Ok(prompts)
+}
+
+async fn encode_texts(texts: Vec<String>, tokenizer: Option<Arc<TextTokenizer>>) -> Result<Vec<Vec<u32>>, ApiError> {
+    let tokenizer = tokenizer.ok_or_else(|| ApiError::invalid("prompt", "this model has no tokenizer: send token ids"))?;
+    encode_all(tokenizer, texts, true).await
 }
 
 /// The legacy logprobs shape: parallel lists plus `{token: logprob}` maps.

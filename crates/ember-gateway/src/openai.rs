@@ -25,7 +25,8 @@ impl StopField {
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
-    /// Accepted for compatibility: usage is reported once, at the end.
+    /// vLLM's per-chunk usage: `false` is accepted, `true` refused (usage
+    /// is reported once, at the end).
     pub continuous_usage_stats: Option<bool>,
 }
 

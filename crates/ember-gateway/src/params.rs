@@ -2,9 +2,11 @@
 //! what the engine cannot (types, ranges of integer fields) and naming the
 //! field on error. Ranges of float fields are checked once, by the engine.
 
+use std::sync::Arc;
+
 use actix_web::web;
 use ember_engine::engine::MAX_N;
-use ember_engine::{GenerationRequest, SamplingParams};
+use ember_engine::{GenerationRequest, SamplingParams, TextTokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -33,6 +35,29 @@ fn deserialize<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
         let path = e.path().to_string();
         ApiError::invalid(path.clone(), format!("invalid value for `{path}`: {}", e.inner()))
     })
+}
+
+/// Tokenizes texts off the async workers: a long document takes a while,
+/// and the workers must keep streaming other requests meanwhile.
+pub async fn encode_all(
+    tokenizer: Arc<TextTokenizer>,
+    texts: Vec<String>,
+    add_special_tokens: bool,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let encoded = web::block(move || {
+        texts
+            .iter()
+            .map(|t| tokenizer.encode(t, add_special_tokens))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(encoded?)
+}
+
+/// One text, as `encode_all`.
+pub async fn encode(tokenizer: Arc<TextTokenizer>, text: String, add_special_tokens: bool) -> Result<Vec<u32>, ApiError> {
+    Ok(encode_all(tokenizer, vec![text], add_special_tokens).await?.into_iter().flatten().collect())
 }
 
 /// Refuses fields Ember recognizes but does not implement.
@@ -81,6 +106,10 @@ pub fn generation_request(
     if stop.len() > MAX_STOPS {
         return Err(ApiError::invalid("stop", format!("at most {MAX_STOPS} stop sequences")));
     }
+    if let Some(user) = &fields.user {
+        // OpenAI's end-user id, for abuse tracing: it goes to the request's log span.
+        tracing::info!(user = %user, "end user");
+    }
     let mut stop_ids = stop_token_ids;
     stop_ids.extend(fields.stop_token_ids.iter().flatten());
     let defaults = SamplingParams::default();
@@ -111,6 +140,12 @@ pub fn generation_request(
 pub fn streaming(fields: &SamplingFields) -> Result<(bool, bool), ApiError> {
     let stream = fields.stream.unwrap_or(false);
     let include_usage = fields.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    if fields.stream_options.as_ref().and_then(|o| o.continuous_usage_stats) == Some(true) {
+        return Err(ApiError::unsupported(
+            "stream_options.continuous_usage_stats",
+            "usage is reported once, in the final chunk (include_usage)",
+        ));
+    }
     if fields.stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` needs `stream: true`"));
     }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::KnownFields;
-use crate::params::{generation_request, parse_body};
+use crate::params::{encode, generation_request, parse_body};
 use crate::state::AppState;
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 
@@ -31,7 +31,7 @@ pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Res
         .tokenizer
         .clone()
         .ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
-    let prompt = tokenizer.encode(&req.prompt, true)?;
+    let prompt = encode(tokenizer, req.prompt, true).await?;
     let request = generation_request(
         prompt,
         &sampling,

@@ -253,6 +253,11 @@ async fn bad_requests_get_openai_errors_naming_the_problem() -> anyhow::Result<(
         (chat(json!({"response_format": {"type": "json_object"}})), StatusCode::BAD_REQUEST, Some("response_format")),
         (chat(json!({"stream_options": {"include_usage": true}})), StatusCode::BAD_REQUEST, Some("stream_options")),
         (
+            chat(json!({"stream": true, "stream_options": {"continuous_usage_stats": true}})),
+            StatusCode::BAD_REQUEST,
+            Some("stream_options.continuous_usage_stats"),
+        ),
+        (
             chat(json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})),
             StatusCode::BAD_REQUEST,
             Some("messages[0].content[0].type"),

@@ -53,6 +53,14 @@ impl ChatTemplate {
         })
     }
 
+    /// Whether the template reads `tools` at all; many (SmolLM2's among
+    /// them) ignore it, and then Ember writes the tool prompt itself.
+    pub fn reads_tools(&self) -> bool {
+        self.env
+            .get_template(TEMPLATE_NAME)
+            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
+    }
+
     /// Renders messages into the prompt text the model was trained on.
     pub fn render<M: Serialize, T: Serialize>(&self, options: RenderOptions<'_, M, T>) -> Result<String, ChatTemplateError> {
         let template = self.env.get_template(TEMPLATE_NAME)?;
@@ -65,6 +73,14 @@ impl ChatTemplate {
             eos_token => self.eos_token,
         })?)
     }
+}
+
+/// `json.dumps(value, ensure_ascii=False)`: how Qwen3's template writes a
+/// tool signature, for prompts Ember writes itself.
+pub fn python_json<T: Serialize + ?Sized>(value: &T) -> String {
+    to_python_json(value, None)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
 }
 
 /// Hugging Face's `tojson`: `json.dumps(value, ensure_ascii=False,

@@ -36,6 +36,11 @@ pub enum EngineError {
     #[error("the logits processor failed: {0}")]
     LogitsProcessor(String),
 
+    /// A grammar (JSON schema, tool-call grammar) that cannot be compiled or
+    /// is over the compile limits; the message names what is wrong.
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
+
     #[error("the request queue is full ({limit} waiting); retry later")]
     QueueFull { limit: usize },
 

@@ -15,6 +15,7 @@ pub mod request;
 pub mod sampling;
 mod scheduler;
 pub mod stop;
+pub mod structured;
 pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, RenderOptions};
@@ -24,4 +25,5 @@ pub use loaded_model::{LoadedModel, ModelInfo};
 pub use metrics::{EngineObserver, StatsSnapshot, StepReport};
 pub use request::{FinishReason, GenerationEvent, GenerationRequest, Usage};
 pub use sampling::{LogitsProcessor, LogitsProcessorFactory, SamplingParams, TokenLogprob};
+pub use structured::{CompiledGrammar, Grammar, GrammarCompiler};
 pub use tokenizer::TextTokenizer;

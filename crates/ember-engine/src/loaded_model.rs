@@ -3,7 +3,7 @@
 //! Hugging Face directory or a GGUF file.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ember_model::gguf::{GgufFile, MetadataValue};
 use ember_model::{CausalLm, DType, Device, ModelConfig, ModelError};
@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::chat_template::ChatTemplate;
 use crate::error::{EngineError, Result};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::structured::GrammarCompiler;
 use crate::tokenizer::TextTokenizer;
 
 /// The token that closes a ChatML turn; a stop token in chat mode.
@@ -35,6 +36,9 @@ pub struct ModelInfo {
     /// Where it was loaded from.
     pub path: PathBuf,
     pub config: ModelConfig,
+    /// Built on first use: the token trie takes about a second on a
+    /// 150K-token vocabulary, and most deployments never constrain output.
+    grammar_compiler: OnceLock<std::result::Result<Arc<GrammarCompiler>, String>>,
 }
 
 impl ModelInfo {
@@ -47,6 +51,20 @@ impl ModelInfo {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// The model's grammar compiler for constrained decoding, built once.
+    pub fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>> {
+        let built = self.grammar_compiler.get_or_init(|| {
+            let tokenizer = self
+                .tokenizer
+                .as_ref()
+                .ok_or("the model has no tokenizer")?;
+            GrammarCompiler::new(tokenizer, self.config.vocab_size, &self.chat_stop_ids())
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        built.clone().map_err(EngineError::Grammar)
     }
 }
 
@@ -93,6 +111,7 @@ impl LoadedModel {
             eos_token_ids,
             path: dir.to_owned(),
             config: model.config().clone(),
+            grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
     }
@@ -133,6 +152,7 @@ impl LoadedModel {
             eos_token_ids: model.config().eos_token_ids.clone(),
             path: path.to_owned(),
             config: model.config().clone(),
+            grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
     }

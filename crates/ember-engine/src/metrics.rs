@@ -33,6 +33,8 @@ pub trait EngineObserver: Send + Sync {
     fn on_request_finished(&self, _reason: &FinishReason, _usage: &Usage, _elapsed: Duration) {}
     /// Prompt tokens looked up in the prefix cache, and how many were found.
     fn on_prefix_lookup(&self, _queried: usize, _hit: usize) {}
+    /// Time one constrained sequence spent computing its next-token mask.
+    fn on_grammar_mask(&self, _elapsed: Duration) {}
 }
 
 /// Counters and gauges, updated by the engine thread.

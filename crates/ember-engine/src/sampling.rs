@@ -101,6 +101,13 @@ impl SamplingParams {
 /// Masks or biases logits before sampling; the constrained-decoding layer
 /// (JSON schemas, tool calls) plugs in here. One instance per sequence.
 pub trait LogitsProcessor: Send {
+    /// Does the costly part of the next `process` ahead of time. The
+    /// scheduler calls it on a helper thread while the forward pass runs, so
+    /// computing a grammar mask overlaps the model. Returns the time spent,
+    /// when there was work to do.
+    fn prepare(&mut self) -> Option<std::time::Duration> {
+        None
+    }
     /// Adjusts the logits of the next position (a banned token gets `-inf`).
     fn process(&mut self, logits: &mut [f32]) -> std::result::Result<(), String>;
     /// Takes the chosen token; returns true when the output is complete and

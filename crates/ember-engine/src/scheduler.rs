@@ -341,6 +341,22 @@ impl Scheduler {
     /// that reached its end, keyed by plan position. Panics inside Burn are
     /// caught so that one bad step cannot take the engine thread down.
     fn run_forward(&mut self, plan: &[Planned]) -> Result<HashMap<usize, Vec<f32>>, String> {
+        // Only sequences whose last token gets computed sample this step.
+        let sampling: Vec<usize> = (0..plan.len())
+            .filter(|&k| {
+                let s = &self.running[plan[k].running];
+                s.computed + plan[k].len == s.tokens.len()
+            })
+            .collect();
+        // Their grammar masks are computed on a helper thread while the
+        // forward pass runs; the processors are lent to it for the step.
+        let mut lent: Vec<(usize, Box<dyn LogitsProcessor>)> = sampling
+            .iter()
+            .filter_map(|&k| {
+                let r = plan[k].running;
+                self.running[r].processor.take().map(|p| (r, p))
+            })
+            .collect();
         let running = &self.running;
         let inputs: Vec<SequenceInput<'_>> = plan
             .iter()
@@ -353,17 +369,26 @@ impl Scheduler {
                 }
             })
             .collect();
-        let (model, pool) = (&self.model, &mut self.pool);
-        let logits = catch_unwind(AssertUnwindSafe(|| model.forward(pool, &inputs, LogitsMode::Last)))
+        let (model, pool, observer) = (&self.model, &mut self.pool, self.observer.as_deref());
+        let logits = std::thread::scope(|scope| {
+            let helper =
+                (!lent.is_empty()).then(|| scope.spawn(|| prepare_masks(&mut lent, observer)));
+            let logits = catch_unwind(AssertUnwindSafe(|| {
+                model.forward(pool, &inputs, LogitsMode::Last)
+            }));
+            if let Some(helper) = helper {
+                // `prepare_masks` catches panics; a failed mask shows up at sampling.
+                let _ = helper.join();
+            }
+            logits
+        });
+        drop(inputs);
+        for (r, processor) in lent {
+            self.running[r].processor = Some(processor);
+        }
+        let logits = logits
             .map_err(|panic| panic_message(&panic))?
             .map_err(|e| e.to_string())?;
-        // Only sequences whose last token was computed sample this step.
-        let sampling: Vec<usize> = (0..plan.len())
-            .filter(|&k| {
-                let s = &running[plan[k].running];
-                s.computed + plan[k].len == s.tokens.len()
-            })
-            .collect();
         if sampling.is_empty() {
             return Ok(HashMap::new());
         }
@@ -530,6 +555,21 @@ fn finish_in_group(groups: &mut HashMap<u64, Group>, stats: &EngineStats, id: u6
     }
     let _ = group.tx.send(GenerationEvent::Done { usage: group.usage });
     Some(group)
+}
+
+/// Computes the next-token mask of each lent processor; a panic leaves that
+/// processor to compute (and fail) again when it samples.
+fn prepare_masks(
+    lent: &mut [(usize, Box<dyn LogitsProcessor>)],
+    observer: Option<&dyn EngineObserver>,
+) {
+    for (_, processor) in lent.iter_mut() {
+        if let Ok(Some(elapsed)) = catch_unwind(AssertUnwindSafe(|| processor.prepare()))
+            && let Some(o) = observer
+        {
+            o.on_grammar_mask(elapsed);
+        }
+    }
 }
 
 /// Samples one token for `seq`, streams what it adds, and says whether the

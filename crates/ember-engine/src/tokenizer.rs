@@ -46,6 +46,14 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The tokenizer serialized as a `tokenizer.json` document (also for one
+    /// built from GGUF metadata); llguidance builds its token trie from it.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| EngineError::Encode(e.to_string()))
+    }
+
     /// Decodes, leaving out special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

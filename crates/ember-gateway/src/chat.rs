@@ -3,15 +3,21 @@
 //! `chat.completion.chunk` events.
 
 use actix_web::{HttpResponse, web};
-use ember_engine::{FinishReason, RenderOptions, TextTokenizer, TokenLogprob};
+use ember_engine::{
+    ChatTemplate, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, RenderOptions,
+    TextTokenizer, TokenLogprob,
+};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, ChatLogprobs, ChatMessage, MessageContent, TokenLogprobJson, TopLogprob};
 use crate::params::{encode, generation_request, parse_body, reject_present, streaming};
+use crate::response_format::content_schema;
 use crate::state::{AppState, fingerprint, random_id, unix_time};
 use crate::streams::{Frame, collect, merge, sse_body, sse_event, sse_response};
+use crate::tool_parser::{ToolCallParser, ToolEvent, parse_all};
+use crate::tools::{Tags, Tools, hermes_messages};
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
@@ -20,13 +26,21 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     let engine = state.engine()?.clone();
     state.check_model(&req.model)?;
     reject_present(&[
-        ("tools", req.tools.is_some(), "tool calls are not implemented yet"),
-        ("tool_choice", req.tool_choice.is_some(), "tool calls are not implemented yet"),
-        ("parallel_tool_calls", req.parallel_tool_calls.is_some(), "tool calls are not implemented yet"),
-        ("functions", req.functions.is_some(), "deprecated, and tool calls are not implemented yet"),
-        ("function_call", req.function_call.is_some(), "deprecated, and tool calls are not implemented yet"),
-        ("response_format", req.response_format.is_some(), "structured outputs are not implemented yet"),
-        ("logit_bias", req.logit_bias.is_some(), "logit biases are not implemented"),
+        (
+            "functions",
+            req.functions.is_some(),
+            "deprecated by OpenAI; use `tools`",
+        ),
+        (
+            "function_call",
+            req.function_call.is_some(),
+            "deprecated by OpenAI; use `tool_choice`",
+        ),
+        (
+            "logit_bias",
+            req.logit_bias.is_some(),
+            "logit biases are not implemented",
+        ),
         ("audio", req.audio.is_some(), "the model is text-only"),
         ("modalities", req.modalities.is_some(), "the model is text-only"),
         ("prediction", req.prediction.is_some(), "predicted outputs are not implemented"),
@@ -37,7 +51,12 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         ("metadata", req.metadata.is_some(), "completions are not stored"),
     ])?;
     let (stream, include_usage) = streaming(&sampling)?;
-    let messages = template_messages(&req.messages, state.limits.max_messages)?;
+    let tools = Tools::from_request(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls.as_ref(),
+    )?;
+    let schema = content_schema(req.response_format.as_ref())?;
 
     let model = engine.model();
     let (Some(tokenizer), Some(template)) = (model.tokenizer.clone(), model.chat_template.as_ref()) else {
@@ -45,11 +64,24 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
             "this model has no tokenizer or chat template; use /v1/completions with token ids",
         ));
     };
-    let rendered = template.render(RenderOptions {
-        messages: &messages,
-        tools: None::<&[Value]>,
-        add_generation_prompt: true,
-    })?;
+    let rendered = render_chat(
+        template,
+        &req.messages,
+        state.limits.max_messages,
+        tools.as_ref(),
+        true,
+    )?;
+    let grammar = match (&tools, &schema) {
+        (Some(tools), schema) => {
+            Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref()))
+        }
+        (None, Some(schema)) => Some(Grammar::JsonSchema(schema.clone())),
+        (None, None) => None,
+    };
+    let constraint = match grammar {
+        Some(grammar) => Some(compile(&engine, grammar, tools.clone()).await?),
+        None => None,
+    };
     let prompt = encode(tokenizer.clone(), rendered, false).await?;
 
     let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
@@ -66,6 +98,10 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         req.top_logprobs.map(|k| ("top_logprobs", k)),
         model.chat_stop_ids(),
     )?;
+    let request = ember_engine::GenerationRequest {
+        logits_processor: constraint,
+        ..request
+    };
     let n = request.n;
     let events = engine.submit(request)?;
     let items = merge(vec![events], n, state.limits.request_timeout);
@@ -74,8 +110,17 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         created: unix_time(),
         model: state.model_name.clone(),
     };
+    let parse_calls = tools.is_some();
     if stream {
-        let body = chat_sse(items, head, n, include_usage, logprobs, tokenizer);
+        let body = chat_sse(
+            items,
+            head,
+            n,
+            include_usage,
+            logprobs,
+            parse_calls,
+            tokenizer,
+        );
         return Ok(sse_response(body));
     }
     let (choices, usage) = collect(items).await?;
@@ -83,11 +128,26 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         .iter()
         .enumerate()
         .map(|(index, choice)| {
+            let reason = choice.finish_reason.as_ref().map(FinishReason::as_str);
+            let (message, reason) = if parse_calls {
+                let (content, calls) = parse_all(&choice.text);
+                let mut message = json!({"role": "assistant", "content": content});
+                if !calls.is_empty() {
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                        .collect();
+                    message["tool_calls"] = json!(calls);
+                }
+                (message, finish_with_calls(reason, !calls.is_empty()))
+            } else {
+                (json!({"role": "assistant", "content": choice.text}), reason)
+            };
             json!({
                 "index": index,
-                "message": {"role": "assistant", "content": choice.text},
+                "message": message,
                 "logprobs": logprobs.then(|| chat_logprobs(&tokenizer, &choice.logprobs)),
-                "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
+                "finish_reason": reason,
             })
         })
         .collect();
@@ -100,6 +160,86 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         "choices": choices,
         "usage": crate::openai::Usage::from(usage),
     })))
+}
+
+/// A conversation's prompt text through the model's own template. A
+/// template that ignores `tools` gets Ember's hermes rendering of the tools
+/// and the tool turns; one that reads them renders them itself.
+pub(crate) fn render_chat(
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    max_messages: usize,
+    tools: Option<&Tools>,
+    add_generation_prompt: bool,
+) -> Result<String, ApiError> {
+    let messages = template_messages(messages, max_messages)?;
+    let rendered = if template.reads_tools() {
+        template.render(RenderOptions {
+            messages: &messages,
+            tools: tools.map(|t| t.definitions.as_slice()),
+            add_generation_prompt,
+        })?
+    } else {
+        template.render(RenderOptions {
+            messages: &hermes_messages(&messages, tools),
+            tools: None::<&[Value]>,
+            add_generation_prompt,
+        })?
+    };
+    Ok(rendered)
+}
+
+/// Compiles the answer's grammar off the async workers (the first use also
+/// builds the model's token trie). A grammar llguidance refuses is a 400
+/// naming the schema at fault.
+async fn compile(
+    engine: &EngineHandle,
+    grammar: Grammar,
+    tools: Option<Tools>,
+) -> Result<std::sync::Arc<dyn LogitsProcessorFactory>, ApiError> {
+    let engine = engine.clone();
+    web::block(move || {
+        let compiler = engine.model().grammar_compiler()?;
+        match compiler.compile(&grammar) {
+            Ok(compiled) => Ok(compiled.into_factory()),
+            Err(e) => Err(grammar_error(&compiler, &grammar, tools.as_ref(), e)),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// Which part of the request a grammar error is about.
+fn grammar_error(
+    compiler: &ember_engine::GrammarCompiler,
+    grammar: &Grammar,
+    tools: Option<&Tools>,
+    error: ember_engine::EngineError,
+) -> ApiError {
+    if let Some(tools) = tools {
+        for (i, function) in tools.functions.iter().enumerate() {
+            if let Err(e) = compiler.compile(&Tools::function_grammar(function)) {
+                return ApiError::invalid(format!("tools[{i}].function.parameters"), e.to_string());
+            }
+        }
+    }
+    match grammar {
+        Grammar::JsonSchema(_) => {
+            ApiError::invalid("response_format.json_schema.schema", error.to_string())
+        }
+        Grammar::Lark(_) if tools.is_some() => {
+            ApiError::invalid("response_format", error.to_string())
+        }
+        Grammar::Lark(_) => ApiError::bad_request(error.to_string()),
+    }
+}
+
+/// `tool_calls` when a choice that stopped on its own made calls.
+fn finish_with_calls(reason: Option<&'static str>, made_calls: bool) -> Option<&'static str> {
+    match reason {
+        Some("stop") if made_calls => Some("tool_calls"),
+        other => other,
+    }
 }
 
 /// The messages as the template sees them (Hugging Face's dict shape).
@@ -120,8 +260,17 @@ fn template_messages(messages: &[ChatMessage], limit: usize) -> Result<Vec<Value
                     format!("unknown role `{}`; expected one of {}", m.role, ROLES.join(", ")),
                 ));
             }
-            if m.tool_calls.is_some() {
-                return Err(ApiError::unsupported(&format!("messages[{i}].tool_calls"), "tool calls are not implemented yet"));
+            if m.tool_calls.is_some() && m.role != "assistant" {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].tool_calls"),
+                    "only assistant messages carry `tool_calls`",
+                ));
+            }
+            if m.role == "tool" && m.tool_call_id.is_none() {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].tool_call_id"),
+                    "a tool message needs `tool_call_id`",
+                ));
             }
             let content = match &m.content {
                 None => String::new(),
@@ -145,6 +294,10 @@ fn template_messages(messages: &[ChatMessage], limit: usize) -> Result<Vec<Value
                     texts.join("\n")
                 }
             };
+            let tool_calls = match &m.tool_calls {
+                Some(calls) if !calls.is_null() => Some(template_tool_calls(i, calls)?),
+                _ => None,
+            };
             if m.content.is_none() && m.role != "assistant" {
                 return Err(ApiError::invalid(format!("messages[{i}].content"), "`content` is required"));
             }
@@ -153,6 +306,9 @@ fn template_messages(messages: &[ChatMessage], limit: usize) -> Result<Vec<Value
             let mut message = json!({"role": role, "content": content});
             if let Some(name) = &m.name {
                 message["name"] = json!(name);
+            }
+            if let Some(calls) = tool_calls {
+                message["tool_calls"] = calls;
             }
             if let Some(id) = &m.tool_call_id {
                 message["tool_call_id"] = json!(id);
@@ -163,6 +319,52 @@ fn template_messages(messages: &[ChatMessage], limit: usize) -> Result<Vec<Value
             Ok(message)
         })
         .collect()
+}
+
+/// An assistant message's `tool_calls` as chat templates expect them:
+/// `arguments` parsed into an object (Hugging Face's convention; Qwen3's
+/// template writes it back as the same JSON text).
+fn template_tool_calls(i: usize, calls: &Value) -> Result<Value, ApiError> {
+    let list = calls.as_array().ok_or_else(|| {
+        ApiError::invalid(
+            format!("messages[{i}].tool_calls"),
+            "`tool_calls` must be an array",
+        )
+    })?;
+    let mut out = Vec::with_capacity(list.len());
+    for (j, call) in list.iter().enumerate() {
+        let at = |path: &str| format!("messages[{i}].tool_calls[{j}]{path}");
+        let function = call
+            .get("function")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                ApiError::invalid(at(".function"), "a tool call needs a `function` object")
+            })?;
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid(at(".function.name"), "`name` must be a string"))?;
+        let arguments = match function.get("arguments") {
+            Some(Value::String(text)) => serde_json::from_str::<Value>(text)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| Value::String(text.clone())),
+            Some(object @ Value::Object(_)) => object.clone(),
+            _ => {
+                return Err(ApiError::invalid(
+                    at(".function.arguments"),
+                    "`arguments` must be a JSON string",
+                ));
+            }
+        };
+        let mut entry =
+            json!({"type": "function", "function": {"name": name, "arguments": arguments}});
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            entry["id"] = json!(id);
+        }
+        out.push(entry);
+    }
+    Ok(Value::Array(out))
 }
 
 struct Head {
@@ -202,24 +404,31 @@ fn chat_logprobs(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLo
 }
 
 /// `chat.completion.chunk` events: each choice's role first, then content
-/// deltas, a finish chunk per choice, the usage chunk if asked, `[DONE]`.
+/// deltas (or, with tools, content and tool-call deltas), a finish chunk per
+/// choice, the usage chunk if asked, `[DONE]`.
 fn chat_sse(
     items: crate::streams::ItemStream,
     head: Head,
     n: usize,
     include_usage: bool,
     logprobs: bool,
+    parse_calls: bool,
     tokenizer: std::sync::Arc<TextTokenizer>,
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    let chunk = move |choices: Value, usage: Option<Value>| {
-        let mut body = json!({
+    let chunk = move |index: usize,
+                      delta: Value,
+                      lp: Option<ChatLogprobs>,
+                      reason: Option<&str>| {
+        json!({
             "id": head.id,
             "object": "chat.completion.chunk",
             "created": head.created,
             "model": head.model,
             "system_fingerprint": fingerprint(),
-            "choices": choices,
-        });
+            "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}],
+        })
+    };
+    let with_usage = move |mut body: Value, usage: Option<Value>| {
         if include_usage {
             body["usage"] = usage.unwrap_or(Value::Null);
         }
@@ -227,26 +436,83 @@ fn chat_sse(
     };
     let roles: Vec<Value> = (0..n)
         .map(|index| {
-            chunk(
-                json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+            with_usage(
+                chunk(
+                    index,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    None,
+                ),
                 None,
             )
         })
         .collect();
-    let rest = sse_body(items, move |frame| match frame {
-        Frame::Delta { text, logprobs: lps, .. } if text.is_empty() && (lps.is_empty() || !logprobs) => None,
-        Frame::Delta { index, text, logprobs: lps } => {
-            let lp = logprobs.then(|| chat_logprobs(&tokenizer, &lps));
-            Some(chunk(
-                json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]),
-                None,
-            ))
+    let mut parsers: Vec<ToolCallParser> = (0..n).map(|_| ToolCallParser::new()).collect();
+    let rest = sse_body(items, move |frame| {
+        let mut out = Vec::new();
+        match frame {
+            Frame::Delta {
+                index,
+                text,
+                logprobs: lps,
+            } => {
+                let mut lp = (logprobs && !lps.is_empty()).then(|| chat_logprobs(&tokenizer, &lps));
+                let deltas = match parsers.get_mut(index).filter(|_| parse_calls) {
+                    Some(parser) => parser.push(&text).into_iter().map(tool_delta).collect(),
+                    None if text.is_empty() => Vec::new(),
+                    None => vec![json!({"content": text})],
+                };
+                for delta in deltas {
+                    out.push(chunk(index, delta, lp.take(), None));
+                }
+                // Logprobs of tokens whose text is held back still go out.
+                if let Some(lp) = lp {
+                    out.push(chunk(index, json!({"content": ""}), Some(lp), None));
+                }
+            }
+            Frame::Finish { index, reason } => {
+                let mut made_calls = false;
+                if let Some(parser) = parsers.get_mut(index).filter(|_| parse_calls) {
+                    for event in parser.finish() {
+                        out.push(chunk(index, tool_delta(event), None, None));
+                    }
+                    made_calls = parser.has_calls();
+                }
+                out.push(chunk(
+                    index,
+                    json!({}),
+                    None,
+                    finish_with_calls(Some(reason), made_calls),
+                ));
+            }
+            Frame::Usage(usage) => {
+                if include_usage {
+                    let mut body = chunk(0, json!({}), None, None);
+                    body["choices"] = json!([]);
+                    out.push(body);
+                    return out
+                        .into_iter()
+                        .map(|b| with_usage(b, Some(json!(crate::openai::Usage::from(usage)))))
+                        .collect();
+                }
+            }
         }
-        Frame::Finish { index, reason } => Some(chunk(
-            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]),
-            None,
-        )),
-        Frame::Usage(usage) => include_usage.then(|| chunk(json!([]), Some(json!(crate::openai::Usage::from(usage))))),
+        out.into_iter()
+            .map(|b| with_usage(b, None))
+            .collect::<Vec<_>>()
     });
     futures_util::stream::iter(roles.into_iter().map(|r| Ok(sse_event(&r)))).chain(rest)
+}
+
+/// One parser event as a chunk's `delta`.
+fn tool_delta(event: ToolEvent) -> Value {
+    match event {
+        ToolEvent::Content(text) => json!({"content": text}),
+        ToolEvent::CallStart { index, id, name } => json!({"tool_calls": [{
+            "index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
+        }]}),
+        ToolEvent::Arguments { index, fragment } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+        }
+    }
 }

@@ -142,7 +142,9 @@ impl From<EngineError> for ApiError {
             },
             EngineError::InvalidParameter { field, .. } => Self::invalid(*field, e.to_string()),
             EngineError::EmptyPrompt => Self::invalid("prompt", e.to_string()),
-            EngineError::Encode(_) | EngineError::LogitsProcessor(_) => Self::bad_request(e.to_string()),
+            EngineError::Encode(_) | EngineError::LogitsProcessor(_) | EngineError::Grammar(_) => {
+                Self::bad_request(e.to_string())
+            }
             EngineError::EngineStopped => Self::shutting_down(),
             _ => Self::internal(e.to_string()),
         }

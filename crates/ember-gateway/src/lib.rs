@@ -11,9 +11,12 @@ pub mod metrics;
 mod middleware;
 pub mod openai;
 mod params;
+mod response_format;
 mod routes;
 pub mod state;
 mod streams;
+mod tool_parser;
+mod tools;
 
 use actix_web::web;
 

@@ -2,15 +2,17 @@
 //! `/v1/models`, `/health` and `/metrics`.
 
 use actix_web::{HttpResponse, web};
-use ember_engine::{FinishReason, RenderOptions};
+use ember_engine::FinishReason;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::chat::render_chat;
 use crate::error::ApiError;
-use crate::openai::KnownFields;
+use crate::openai::{ChatMessage, KnownFields};
 use crate::params::{encode, generation_request, parse_body};
 use crate::state::AppState;
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
+use crate::tools::Tools;
 
 /// The seed API: `{"prompt", "max_tokens", "temperature", "top_p", "stream"}` -> `{"text"}`.
 #[derive(Debug, Deserialize)]
@@ -62,21 +64,29 @@ pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Res
     })))
 }
 
-/// `{"prompt": "..."}` or `{"messages": [...]}` (rendered by the chat template).
+/// `{"prompt": "..."}` or `{"messages": [...], "tools": [...]}` (rendered
+/// exactly as a chat completion renders them).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     model: Option<String>,
     prompt: Option<String>,
-    messages: Option<Vec<Value>>,
+    messages: Option<Vec<ChatMessage>>,
+    tools: Option<Value>,
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
 }
 
 impl KnownFields for TokenizeRequest {
     const SAMPLING: bool = false;
-    const FIELDS: &'static [&'static str] =
-        &["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"];
+    const FIELDS: &'static [&'static str] = &[
+        "model",
+        "prompt",
+        "messages",
+        "tools",
+        "add_special_tokens",
+        "add_generation_prompt",
+    ];
 }
 
 pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
@@ -94,11 +104,15 @@ pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Res
                 .chat_template
                 .as_ref()
                 .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
-            let rendered = template.render(RenderOptions {
-                messages: &messages,
-                tools: None::<&[Value]>,
-                add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
-            })?;
+            let tools = Tools::from_request(req.tools.as_ref(), None, None)?;
+            let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+            let rendered = render_chat(
+                template,
+                &messages,
+                state.limits.max_messages,
+                tools.as_ref(),
+                add_generation_prompt,
+            )?;
             tokenizer.encode(&rendered, req.add_special_tokens.unwrap_or(false))?
         }
         _ => return Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),

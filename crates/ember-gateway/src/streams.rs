@@ -145,17 +145,13 @@ pub enum Frame {
 /// The SSE body of a request: the route formats deltas, finishes and the
 /// usage; failures and the request timeout become OpenAI error events;
 /// `data: [DONE]` ends it.
-pub fn sse_body(
+pub fn sse_body<I: IntoIterator<Item = serde_json::Value>>(
     items: ItemStream,
-    mut format: impl FnMut(Frame) -> Option<serde_json::Value> + Send + 'static,
+    mut format: impl FnMut(Frame) -> I + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> + Send + 'static {
     items.flat_map(move |item| {
         let mut out = Vec::new();
-        let mut frame = |f: Frame| {
-            if let Some(json) = format(f) {
-                out.push(sse_event(&json));
-            }
-        };
+        let mut frame = |f: Frame| out.extend(format(f).into_iter().map(|json| sse_event(&json)));
         match item {
             Item::Event(GenerationEvent::Delta {
                 index, text, logprobs, ..

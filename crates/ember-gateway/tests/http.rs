@@ -2,118 +2,18 @@
 //! on the tiny Qwen3 fixture with a ChatML template: routes, response shapes,
 //! streaming, errors in OpenAI's shape, auth, limits, cancellation, metrics.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
-use ember_engine::{EngineConfig, EngineHandle, KvCacheMemory, LoadedModel};
+use common::*;
+use ember_engine::EngineConfig;
 use ember_gateway::{AppState, GatewayMetrics, Limits};
-use ember_model::{DType, Device};
 use serde_json::{Value, json};
-
-const MODEL: &str = "tiny";
-
-/// A ChatML template, like SmolLM2's and Qwen's.
-const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-/// qwen3-tiny plus a tokenizer_config.json with a chat template.
-fn model_dir() -> anyhow::Result<tempfile::TempDir> {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tiny");
-    let dir = tempfile::tempdir()?;
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dir.path().join(f))?;
-    }
-    let config = json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": null});
-    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string())?;
-    Ok(dir)
-}
-
-struct Server {
-    state: web::Data<AppState>,
-    _dir: tempfile::TempDir,
-}
-
-fn server_with(keys: Vec<String>, limits: Limits, engine: EngineConfig) -> anyhow::Result<Server> {
-    let dir = model_dir()?;
-    let metrics = Arc::new(GatewayMetrics::new()?);
-    let state = web::Data::new(AppState::new(MODEL.into(), limits, keys, metrics.clone()));
-    let loaded = LoadedModel::open(dir.path(), &Device::flex(), DType::F32)?;
-    let engine = EngineHandle::start(
-        loaded,
-        EngineConfig {
-            observer: Some(metrics),
-            ..engine
-        },
-    )?;
-    state.set_engine(engine);
-    Ok(Server { state, _dir: dir })
-}
-
-fn small_engine() -> EngineConfig {
-    EngineConfig {
-        kv_cache_memory: KvCacheMemory::Tokens(4096),
-        block_size: 4,
-        ..EngineConfig::default()
-    }
-}
-
-fn server() -> anyhow::Result<Server> {
-    server_with(Vec::new(), Limits::default(), small_engine())
-}
-
-macro_rules! app {
-    ($server:expr) => {
-        test::init_service(App::new().configure(ember_gateway::configure($server.state.clone()))).await
-    };
-}
-
-async fn call<S, B>(app: &S, req: test::TestRequest) -> (StatusCode, Value)
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let resp = test::call_service(app, req.to_request()).await;
-    let status = resp.status();
-    let bytes = test::read_body(resp).await;
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
-fn post(path: &str, body: Value) -> test::TestRequest {
-    test::TestRequest::post().uri(path).set_json(body)
-}
-
-fn chat(extra: Value) -> Value {
-    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, "temperature": 0});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    body
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_events(body: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(body)
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn assert_openai_error(status: StatusCode, body: &Value, want: StatusCode, param: Option<&str>) {
-    assert_eq!(status, want, "{body}");
-    let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    assert!(e["type"].is_string(), "{body}");
-    if let Some(p) = param {
-        assert_eq!(e["param"], p, "{body}");
-    }
-}
 
 #[actix_web::test]
 async fn chat_completion_has_the_openai_shape() -> anyhow::Result<()> {
@@ -243,15 +143,51 @@ async fn bad_requests_get_openai_errors_naming_the_problem() -> anyhow::Result<(
         (chat(json!({"messages": [{"role": "wizard", "content": "x"}]})), StatusCode::BAD_REQUEST, Some("messages[0].role")),
         (chat(json!({"n": 0})), StatusCode::BAD_REQUEST, Some("n")),
         (chat(json!({"n": 99})), StatusCode::BAD_REQUEST, Some("n")),
-        (chat(json!({"temperature": -1})), StatusCode::BAD_REQUEST, Some("temperature")),
-        (chat(json!({"temperature": "hot"})), StatusCode::BAD_REQUEST, Some("temperature")),
-        (chat(json!({"max_tokens": 0})), StatusCode::BAD_REQUEST, Some("max_tokens")),
-        (chat(json!({"max_tokens": 100000})), StatusCode::BAD_REQUEST, Some("messages")),
-        (chat(json!({"top_logprobs": 3})), StatusCode::BAD_REQUEST, Some("top_logprobs")),
-        (chat(json!({"frobnicate": true})), StatusCode::BAD_REQUEST, Some("frobnicate")),
-        (chat(json!({"tools": []})), StatusCode::BAD_REQUEST, Some("tools")),
-        (chat(json!({"response_format": {"type": "json_object"}})), StatusCode::BAD_REQUEST, Some("response_format")),
-        (chat(json!({"stream_options": {"include_usage": true}})), StatusCode::BAD_REQUEST, Some("stream_options")),
+        (
+            chat(json!({"temperature": -1})),
+            StatusCode::BAD_REQUEST,
+            Some("temperature"),
+        ),
+        (
+            chat(json!({"temperature": "hot"})),
+            StatusCode::BAD_REQUEST,
+            Some("temperature"),
+        ),
+        (
+            chat(json!({"max_tokens": 0})),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+        ),
+        (
+            chat(json!({"max_tokens": 100000})),
+            StatusCode::BAD_REQUEST,
+            Some("messages"),
+        ),
+        (
+            chat(json!({"top_logprobs": 3})),
+            StatusCode::BAD_REQUEST,
+            Some("top_logprobs"),
+        ),
+        (
+            chat(json!({"frobnicate": true})),
+            StatusCode::BAD_REQUEST,
+            Some("frobnicate"),
+        ),
+        (
+            chat(json!({"tools": []})),
+            StatusCode::BAD_REQUEST,
+            Some("tools"),
+        ),
+        (
+            chat(json!({"response_format": {"type": "yaml"}})),
+            StatusCode::BAD_REQUEST,
+            Some("response_format.type"),
+        ),
+        (
+            chat(json!({"stream_options": {"include_usage": true}})),
+            StatusCode::BAD_REQUEST,
+            Some("stream_options"),
+        ),
         (
             chat(json!({"stream": true, "stream_options": {"continuous_usage_stats": true}})),
             StatusCode::BAD_REQUEST,

@@ -1,0 +1,216 @@
+//! Constrained decoding with llguidance: a grammar (a JSON schema, or a Lark
+//! grammar for tool calls) becomes a per-sequence matcher that masks every
+//! token the grammar cannot take next. The token trie and parser factory are
+//! built once per model ([`GrammarCompiler`]); each request compiles its
+//! grammar once ([`CompiledGrammar`]) and each sequence gets its own matcher.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::SimpleVob;
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{Value, json};
+use toktrie_hf_tokenizers::ByteTokenizer;
+
+use crate::error::{EngineError, Result};
+use crate::sampling::{LogitsProcessor, LogitsProcessorFactory};
+use crate::tokenizer::TextTokenizer;
+
+/// Deepest nesting of a JSON schema accepted for compilation. llguidance's
+/// schema compiler recurses per level; this keeps a hostile schema from
+/// exhausting a worker thread's stack.
+pub const MAX_SCHEMA_DEPTH: usize = 48;
+
+/// What the output must match.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grammar {
+    /// A JSON Schema document (`true` or `{}` accepts any JSON value).
+    JsonSchema(Value),
+    /// llguidance's Lark dialect; `%json { ... }` embeds a schema.
+    Lark(String),
+}
+
+/// How generated JSON is laid out: no free whitespace, and the separators of
+/// Python's `json.dumps`, which is what models saw in training. Free
+/// whitespace would let a weak model pad forever instead of finishing.
+pub fn json_layout() -> Value {
+    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+}
+
+/// A schema with Ember's JSON layout attached (as llguidance's `x-guidance`).
+pub fn with_json_layout(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => {
+            let mut map = map.clone();
+            map.insert("x-guidance".into(), json_layout());
+            Value::Object(map)
+        }
+        // `true` accepts anything; written as an empty schema so it can carry options.
+        Value::Bool(true) => json!({"x-guidance": json_layout()}),
+        other => other.clone(),
+    }
+}
+
+/// Per model: the token trie over the vocabulary and the parser factory.
+pub struct GrammarCompiler {
+    factory: ParserFactory,
+}
+
+impl std::fmt::Debug for GrammarCompiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrammarCompiler").finish_non_exhaustive()
+    }
+}
+
+impl GrammarCompiler {
+    /// `vocab_size` is the model's output width (often padded past the
+    /// tokenizer's vocabulary); `end_ids` are the tokens that may end a
+    /// completed grammar (the chat stop ids).
+    pub fn new(tokenizer: &TextTokenizer, vocab_size: usize, end_ids: &[u32]) -> Result<Self> {
+        let json = tokenizer.to_json()?;
+        let mut bytes = ByteTokenizer::from_json_bytes(json.as_bytes()).map_err(trie_error)?;
+        let known = bytes.tokrx_info().vocab_size;
+        let end_ids: Vec<u32> = end_ids.iter().copied().filter(|&id| id < known).collect();
+        if !end_ids.is_empty() {
+            bytes.set_eos_tokens(&end_ids);
+        }
+        let width = (vocab_size >= known as usize).then_some(vocab_size);
+        let env = bytes.into_tok_env(width).map_err(trie_error)?;
+        let mut factory = ParserFactory::new_simple(&env).map_err(trie_error)?;
+        factory.quiet();
+        Ok(Self { factory })
+    }
+
+    /// Compiles a grammar. Errors (unsupported schema keywords, grammars over
+    /// llguidance's size and fuel limits) name the problem for a 400.
+    pub fn compile(&self, grammar: &Grammar) -> Result<CompiledGrammar> {
+        let top = match grammar {
+            Grammar::JsonSchema(schema) => {
+                check_depth(schema)?;
+                TopLevelGrammar::from_json_schema(with_json_layout(schema))
+            }
+            Grammar::Lark(source) => TopLevelGrammar::from_lark(source.clone()),
+        };
+        let parser = self
+            .factory
+            .create_parser(top)
+            .map_err(|e| EngineError::Grammar(first_line(&e.to_string())))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher_error(&matcher) {
+            return Err(EngineError::Grammar(e));
+        }
+        Ok(CompiledGrammar {
+            matcher: Mutex::new(matcher),
+        })
+    }
+}
+
+fn trie_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Grammar(format!("cannot build the token trie: {e}"))
+}
+
+fn matcher_error(matcher: &Matcher) -> Option<String> {
+    matcher.get_error().map(|e| first_line(&e))
+}
+
+/// llguidance appends parser state to some messages; the first line says what is wrong.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+fn check_depth(schema: &Value) -> Result<()> {
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let d = depth(schema);
+    if d > MAX_SCHEMA_DEPTH {
+        return Err(EngineError::Grammar(format!(
+            "the schema nests {d} levels deep; at most {MAX_SCHEMA_DEPTH} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// One request's compiled grammar; makes a matcher per sequence.
+pub struct CompiledGrammar {
+    // `Matcher` is `Send` but not `Sync`; the factory is shared across threads.
+    matcher: Mutex<Matcher>,
+}
+
+impl std::fmt::Debug for CompiledGrammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledGrammar").finish_non_exhaustive()
+    }
+}
+
+impl CompiledGrammar {
+    /// A fresh matcher at the start of the grammar.
+    pub fn matcher(&self) -> GrammarMatcher {
+        let matcher = self.matcher.lock().unwrap_or_else(PoisonError::into_inner).deep_clone();
+        GrammarMatcher { matcher, mask: None }
+    }
+
+    pub fn into_factory(self) -> Arc<dyn LogitsProcessorFactory> {
+        Arc::new(self)
+    }
+}
+
+impl LogitsProcessorFactory for CompiledGrammar {
+    fn create(&self) -> Box<dyn LogitsProcessor> {
+        Box::new(self.matcher())
+    }
+}
+
+/// A sequence's position in its grammar.
+pub struct GrammarMatcher {
+    matcher: Matcher,
+    /// The next position's mask, computed ahead by `prepare`.
+    mask: Option<std::result::Result<SimpleVob, String>>,
+}
+
+impl GrammarMatcher {
+    /// Advances past tokens already chosen (tests drive a matcher directly).
+    pub fn consume(&mut self, tokens: &[u32]) -> std::result::Result<(), String> {
+        self.mask = None;
+        self.matcher
+            .consume_tokens(tokens)
+            .map_err(|e| first_line(&e.to_string()))
+    }
+}
+
+impl LogitsProcessor for GrammarMatcher {
+    fn prepare(&mut self) -> Option<std::time::Duration> {
+        if self.mask.is_some() {
+            return None;
+        }
+        let started = Instant::now();
+        self.mask = Some(
+            self.matcher
+                .compute_mask_or_eos()
+                .map_err(|e| first_line(&e.to_string())),
+        );
+        Some(started.elapsed())
+    }
+
+    fn process(&mut self, logits: &mut [f32]) -> std::result::Result<(), String> {
+        self.prepare();
+        let mask = self.mask.take().unwrap_or_else(|| Err("no mask".into()))?;
+        let width = logits.len();
+        mask.iter_unset_entries(|i| {
+            if i < width {
+                logits[i] = f32::NEG_INFINITY;
+            }
+        });
+        Ok(())
+    }
+
+    fn accept(&mut self, token: u32) -> std::result::Result<bool, String> {
+        self.consume(&[token])?;
+        Ok(self.matcher.is_stopped())
+    }
+}

@@ -33,7 +33,7 @@ pub enum ToolChoice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     pub name: String,
-    /// The `parameters` schema; an object with no properties when absent.
+    /// The `parameters` schema; `{}` is the only argument when absent.
     pub parameters: Value,
 }
 
@@ -281,7 +281,8 @@ fn check_tool(i: usize, tool: &Value) -> Result<Function, ApiError> {
         return Err(ApiError::invalid(at(".function.strict"), "`strict` must be a boolean"));
     }
     let parameters = match function.get("parameters") {
-        None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+        // No parameters: the only arguments are `{}`.
+        None | Some(Value::Null) => json!({"type": "object", "properties": {}, "additionalProperties": false}),
         Some(p @ Value::Object(_)) => p.clone(),
         Some(_) => {
             return Err(ApiError::invalid(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Real clients against a real server: makes a venv with the pinned `openai`
-# SDK and pytest (tests/clients/requirements.txt), starts `ember serve` on
-# the default model on a free loopback port (plus a second one with no
-# request queue, for 429s), runs tests/clients, and stops the servers.
+# SDK, LangChain and pytest (tests/clients/requirements.txt), starts `ember
+# serve` on the default model on a free loopback port (plus one with no
+# request queue, for 429s, and one on the tiny Qwen3 fixture with Qwen3's
+# template, for tool calls), runs tests/clients, and stops the servers.
 # Usage: scripts/client-tests.sh [path/to/ember]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,13 +39,22 @@ wait_ready() {
   done
   echo "server on port $1 did not become ready:"; cat "$logs"/*.log; return 1
 }
+fixture="$logs/qwen3-tools"
+python3 tests/clients/qwen3_tool_fixture.py "$fixture"
+port4=$(free_port)
+EMBER_API_KEY="$key" "$ember" serve --port "$port4" --model "$fixture" --served-model-name qwen3-tiny \
+  --kv-cache-memory 64MiB >"$logs/qwen3.log" 2>&1 &
+pids+=($!)
+
 wait_ready "$port"
 wait_ready "$port2"
+wait_ready "$port4"
 
 export EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_NO_QUEUE_URL="http://127.0.0.1:$port2"
+export EMBER_QWEN3_URL="http://127.0.0.1:$port4" EMBER_QWEN3_MODEL="qwen3-tiny"
 export EMBER_API_KEY="$key" EMBER_MODEL="SmolLM2-135M-Instruct.Q4_1"
 if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients; then
-  echo "--- server log"; tail -n 50 "$logs/serve.log"; exit 1
+  echo "--- server log"; tail -n 50 "$logs/serve.log"; echo "--- qwen3 server log"; tail -n 20 "$logs/qwen3.log"; exit 1
 fi
 
 # Graceful shutdown: SIGTERM during a stream lets the stream finish, refuses

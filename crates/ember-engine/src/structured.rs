@@ -34,21 +34,80 @@ pub enum Grammar {
 /// How generated JSON is laid out: no free whitespace, and the separators of
 /// Python's `json.dumps`, which is what models saw in training. Free
 /// whitespace would let a weak model pad forever instead of finishing.
-pub fn json_layout() -> Value {
+fn json_layout() -> Value {
     json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
 }
 
-/// A schema with Ember's JSON layout attached (as llguidance's `x-guidance`).
-pub fn with_json_layout(schema: &Value) -> Value {
+/// A client's schema as Ember generates against it: checked for depth, with
+/// two narrowings that keep every output valid under the original schema,
+/// and Ember's JSON layout attached (as llguidance's `x-guidance`):
+/// - an object schema that lists `properties` (all its `required` keys
+///   among them) and says nothing of `additionalProperties` gets no extra
+///   keys, as xgrammar's strict mode does: models asked for an object want
+///   the declared fields, and a weak one would otherwise invent keys
+///   without end; say `"additionalProperties": true` to allow them. The
+///   branches of an `allOf` are left open, since they merge;
+/// - `date`, `time` and `date-time` formats become patterns without leap
+///   seconds or 29 February, which llguidance's looser formats allow and
+///   validators reject outside real leap seconds and leap years.
+pub fn generation_schema(schema: &Value) -> Result<Value> {
+    check_depth(schema)?;
+    let mut schema = match schema {
+        // `true` accepts anything; written as an empty schema so it can carry options.
+        Value::Bool(true) => json!({}),
+        other => other.clone(),
+    };
+    narrow(&mut schema, true);
+    if let Value::Object(map) = &mut schema {
+        map.insert("x-guidance".into(), json_layout());
+    }
+    Ok(schema)
+}
+
+/// Keys whose values are data, not subschemas.
+const DATA_KEYS: [&str; 4] = ["const", "enum", "default", "examples"];
+/// Keys whose values map names to subschemas.
+const SCHEMA_MAPS: [&str; 5] = ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"];
+
+const DATE: &str = "[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))";
+const TIME: &str = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,6})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
+
+fn narrow(schema: &mut Value, may_close: bool) {
     match schema {
         Value::Object(map) => {
-            let mut map = map.clone();
-            map.insert("x-guidance".into(), json_layout());
-            Value::Object(map)
+            let listed = |name: &Value| name.as_str().is_some_and(|n| map["properties"].get(n).is_some());
+            let closes = may_close
+                && map.get("properties").is_some_and(Value::is_object)
+                && map.get("required").and_then(Value::as_array).is_none_or(|r| r.iter().all(listed))
+                && !map.contains_key("additionalProperties")
+                && !map.contains_key("patternProperties")
+                && !map.contains_key("unevaluatedProperties");
+            if closes {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            let pattern = match map.get("format").and_then(Value::as_str) {
+                _ if map.contains_key("pattern") => None,
+                Some("date") => Some(format!("^{DATE}$")),
+                Some("time") => Some(format!("^{TIME}$")),
+                Some("date-time") => Some(format!("^{DATE}T{TIME}$")),
+                _ => None,
+            };
+            if let Some(pattern) = pattern {
+                map.remove("format");
+                map.insert("pattern".into(), Value::String(pattern));
+            }
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::Object(named) if SCHEMA_MAPS.contains(&key.as_str()) => {
+                        named.values_mut().for_each(|v| narrow(v, true));
+                    }
+                    _ if DATA_KEYS.contains(&key.as_str()) => {}
+                    _ => narrow(value, key != "allOf"),
+                }
+            }
         }
-        // `true` accepts anything; written as an empty schema so it can carry options.
-        Value::Bool(true) => json!({"x-guidance": json_layout()}),
-        other => other.clone(),
+        Value::Array(items) => items.iter_mut().for_each(|v| narrow(v, may_close)),
+        _ => {}
     }
 }
 
@@ -86,10 +145,7 @@ impl GrammarCompiler {
     /// llguidance's size and fuel limits) name the problem for a 400.
     pub fn compile(&self, grammar: &Grammar) -> Result<CompiledGrammar> {
         let top = match grammar {
-            Grammar::JsonSchema(schema) => {
-                check_depth(schema)?;
-                TopLevelGrammar::from_json_schema(with_json_layout(schema))
-            }
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(generation_schema(schema)?),
             Grammar::Lark(source) => TopLevelGrammar::from_lark(source.clone()),
         };
         let parser = self
@@ -212,5 +268,41 @@ impl LogitsProcessor for GrammarMatcher {
     fn accept(&mut self, token: u32) -> std::result::Result<bool, String> {
         self.consume(&[token])?;
         Ok(self.matcher.is_stopped())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowing_keeps_outputs_valid_and_leaves_data_alone() -> Result<()> {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "when": {"type": "string", "format": "date-time"},
+                "format": {"type": "string", "format": "email"},
+                "open": {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": true},
+                "fixed": {"const": {"format": "date", "properties": {}}},
+            },
+            "$defs": {"day": {"type": "string", "format": "date"}},
+        });
+        let out = generation_schema(&schema)?;
+        assert_eq!(out["additionalProperties"], false);
+        assert!(out["properties"]["when"].get("format").is_none());
+        assert!(out["properties"]["when"]["pattern"].as_str().is_some_and(|p| p.contains("T(?:[01]")));
+        assert_eq!(out["properties"]["format"]["format"], "email");
+        assert_eq!(out["properties"]["open"]["additionalProperties"], true);
+        assert_eq!(out["properties"]["fixed"]["const"], json!({"format": "date", "properties": {}}));
+        assert!(out["$defs"]["day"]["pattern"].is_string());
+        assert!(out["$defs"].get("additionalProperties").is_none());
+        assert_eq!(out["x-guidance"], json_layout());
+        assert_eq!(generation_schema(&json!(true))?, json!({"x-guidance": json_layout()}));
+        // Left open: a required key not listed, and the branches of allOf.
+        let unlisted = generation_schema(&json!({"properties": {"a": {}}, "required": ["b"]}))?;
+        assert!(unlisted.get("additionalProperties").is_none());
+        let merged = generation_schema(&json!({"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}))?;
+        assert!(merged["allOf"][0].get("additionalProperties").is_none());
+        Ok(())
     }
 }

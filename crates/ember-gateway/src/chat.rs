@@ -73,13 +73,13 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     )?;
     let grammar = match (&tools, &schema) {
         (Some(tools), schema) => {
-            Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref()))
+            Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref())?)
         }
         (None, Some(schema)) => Some(Grammar::JsonSchema(schema.clone())),
         (None, None) => None,
     };
     let constraint = match grammar {
-        Some(grammar) => Some(compile(&engine, grammar, tools.clone()).await?),
+        Some(grammar) => Some(compile(&engine, grammar, tools.clone(), schema.is_some()).await?),
         None => None,
     };
     let prompt = encode(tokenizer.clone(), rendered, false).await?;
@@ -196,41 +196,38 @@ async fn compile(
     engine: &EngineHandle,
     grammar: Grammar,
     tools: Option<Tools>,
+    has_schema: bool,
 ) -> Result<std::sync::Arc<dyn LogitsProcessorFactory>, ApiError> {
     let engine = engine.clone();
     web::block(move || {
         let compiler = engine.model().grammar_compiler()?;
         match compiler.compile(&grammar) {
             Ok(compiled) => Ok(compiled.into_factory()),
-            Err(e) => Err(grammar_error(&compiler, &grammar, tools.as_ref(), e)),
+            Err(e) => Err(grammar_error(&compiler, tools.as_ref(), has_schema, e)),
         }
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-/// Which part of the request a grammar error is about.
+/// Which part of the request a grammar error is about: a tool's
+/// `parameters`, else the `response_format` schema; with neither at fault,
+/// Ember's own tool grammar failed.
 fn grammar_error(
     compiler: &ember_engine::GrammarCompiler,
-    grammar: &Grammar,
     tools: Option<&Tools>,
+    has_schema: bool,
     error: ember_engine::EngineError,
 ) -> ApiError {
-    if let Some(tools) = tools {
-        for (i, function) in tools.functions.iter().enumerate() {
-            if let Err(e) = compiler.compile(&Tools::function_grammar(function)) {
-                return ApiError::invalid(format!("tools[{i}].function.parameters"), e.to_string());
-            }
+    for (i, function) in tools.iter().flat_map(|t| t.functions.iter().enumerate()) {
+        if let Err(e) = compiler.compile(&Tools::function_grammar(function)) {
+            return ApiError::invalid(format!("tools[{i}].function.parameters"), e.to_string());
         }
     }
-    match grammar {
-        Grammar::JsonSchema(_) => {
-            ApiError::invalid("response_format.json_schema.schema", error.to_string())
-        }
-        Grammar::Lark(_) if tools.is_some() => {
-            ApiError::invalid("response_format", error.to_string())
-        }
-        Grammar::Lark(_) => ApiError::bad_request(error.to_string()),
+    if has_schema {
+        ApiError::invalid("response_format.json_schema.schema", error.to_string())
+    } else {
+        ApiError::internal(error.to_string())
     }
 }
 

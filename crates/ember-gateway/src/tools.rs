@@ -8,6 +8,7 @@
 //! separated by `\n`, after optional free text (`auto` only).
 
 use ember_engine::chat_template::python_json;
+use ember_engine::structured::generation_schema;
 use ember_engine::{Grammar, TextTokenizer};
 use serde_json::{Map, Value, json};
 
@@ -107,10 +108,14 @@ impl Tools {
 
     /// The grammar of a whole answer. `content` is the grammar of free text
     /// (a JSON schema when `response_format` asks for one).
-    pub fn grammar(&self, tags: &Tags, content: Option<&Value>) -> Grammar {
+    pub fn grammar(&self, tags: &Tags, content: Option<&Value>) -> Result<Grammar, ApiError> {
         let mut lark = String::from("%llguidance {}\n");
         let text = match content {
-            Some(schema) => format!("%json {}", ember_engine::structured::with_json_layout(schema)),
+            Some(schema) => format!(
+                "%json {}",
+                generation_schema(schema)
+                    .map_err(|e| ApiError::invalid("response_format.json_schema.schema", e.to_string()))?
+            ),
             None => "TEXT".to_owned(),
         };
         let call = "open \"\\n\" body \"\\n\" close";
@@ -150,7 +155,9 @@ impl Tools {
         let names: Vec<String> = (0..self.functions.len()).map(|k| format!("fn_{k}")).collect();
         lark.push_str(&format!("body: {}\n", names.join(" | ")));
         for (k, function) in self.functions.iter().enumerate() {
-            lark.push_str(&format!("fn_{k}: %json {}\n", call_schema(function)));
+            let schema = call_schema(function)
+                .map_err(|e| ApiError::invalid(format!("tools[{k}].function.parameters"), e.to_string()))?;
+            lark.push_str(&format!("fn_{k}: %json {schema}\n"));
         }
         lark.push_str(&format!("open: {}\nclose: {}\n", tags.open, tags.close));
         // Free text never contains the opening tag: a call is written only
@@ -159,20 +166,20 @@ impl Tools {
             "TEXT: /(.|\\n)+/ & ~/(.|\\n)*{}(.|\\n)*/\n",
             regex_escape(OPEN_TAG)
         ));
-        Grammar::Lark(lark)
+        Ok(Grammar::Lark(lark))
     }
 
     /// The schema of one call's JSON, for error messages that name the tool
     /// whose `parameters` llguidance refused.
     pub fn function_grammar(function: &Function) -> Grammar {
-        Grammar::JsonSchema(call_schema(function))
+        Grammar::JsonSchema(call_object(function))
     }
 }
 
 /// `{"name": <const>, "arguments": <parameters>}`, keys in the order the
-/// model writes them, with Ember's JSON layout.
-fn call_schema(function: &Function) -> Value {
-    ember_engine::structured::with_json_layout(&json!({
+/// model writes them.
+fn call_object(function: &Function) -> Value {
+    json!({
         "type": "object",
         "properties": {
             "name": {"const": function.name},
@@ -180,7 +187,12 @@ fn call_schema(function: &Function) -> Value {
         },
         "required": ["name", "arguments"],
         "additionalProperties": false,
-    }))
+    })
+}
+
+/// One call's schema as generated against.
+fn call_schema(function: &Function) -> Result<Value, ember_engine::EngineError> {
+    generation_schema(&call_object(function))
 }
 
 /// Escapes regex metacharacters (`\\<` would be a word boundary, so only
@@ -452,7 +464,7 @@ mod tests {
         let tokenizer = tokenizer(tool_tokens);
         let end = tokenizer.token_id("<|im_end|>").into_iter().collect::<Vec<_>>();
         let compiler = GrammarCompiler::new(&tokenizer, 512, &end).unwrap_or_else(|e| panic!("{e}"));
-        let grammar = tools.grammar(&Tags::for_tokenizer(&tokenizer), None);
+        let grammar = tools.grammar(&Tags::for_tokenizer(&tokenizer), None).unwrap_or_else(|e| panic!("{e:?}"));
         let compiled = compiler
             .compile(&grammar)
             .unwrap_or_else(|e| panic!("{e}: {grammar:?}"));

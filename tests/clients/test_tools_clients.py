@@ -1,0 +1,194 @@
+"""Function calling and structured output through real clients: the
+`openai` SDK (tools with each tool_choice, streamed tool-call deltas,
+`chat.completions.parse` with a Pydantic model) and LangChain's ChatOpenAI
+(`bind_tools` in a two-step tool loop, `with_structured_output`). Each test
+runs on the default model (SmolLM2, whose template ignores tools: Ember
+writes the hermes prompt) and on the tiny random Qwen3 fixture with Qwen3's
+own template and `<tool_call>` as single tokens. Arguments are checked with
+the `jsonschema` validator."""
+
+import json
+import os
+from typing import Literal
+
+import jsonschema
+import openai
+import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel
+
+API_KEY = os.environ["EMBER_API_KEY"]
+SERVERS = {
+    "smollm2": (os.environ["EMBER_BASE_URL"], os.environ["EMBER_MODEL"]),
+    "qwen3-tiny": (os.environ.get("EMBER_QWEN3_URL"), os.environ.get("EMBER_QWEN3_MODEL")),
+}
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo", "Tokyo"]},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "description": "The current time"}},
+]
+QUESTION = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
+
+
+@pytest.fixture(params=list(SERVERS), scope="module")
+def server(request):
+    url, model = SERVERS[request.param]
+    if not url:
+        pytest.skip(f"no {request.param} server")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    return request.param, client, model, url
+
+
+def check_call(call):
+    assert call.id.startswith("call_") and call.type == "function"
+    arguments = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        jsonschema.validate(arguments, WEATHER)
+    else:
+        assert call.function.name == "get_time" and arguments == {}
+    return call.function.name, arguments
+
+
+def create(server, **kwargs):
+    _, client, model, _ = server
+    kwargs.setdefault("max_tokens", 80)
+    kwargs.setdefault("temperature", 0)
+    return client.chat.completions.create(model=model, messages=kwargs.pop("messages", QUESTION), **kwargs)
+
+
+def test_required_makes_a_valid_call(server):
+    r = create(server, tools=TOOLS, tool_choice="required")
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        check_call(call)
+
+
+def test_named_function_is_the_call(server):
+    r = create(server, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    calls = r.choices[0].message.tool_calls
+    assert len(calls) == 1 and check_call(calls[0])[0] == "get_weather"
+    if server[0] == "smollm2":
+        # A trained model picks the city it was asked about.
+        assert check_call(calls[0])[1]["city"] == "Paris"
+
+
+def test_none_never_calls(server):
+    r = create(server, tools=TOOLS, tool_choice="none", max_tokens=40)
+    message = r.choices[0].message
+    assert not message.tool_calls and "<tool_call>" not in (message.content or "")
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_auto_gives_text_or_valid_calls(server):
+    r = create(server, tools=TOOLS, tool_choice="auto", max_tokens=60, n=3, temperature=1.0, seed=4)
+    for choice in r.choices:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                check_call(call)
+        else:
+            assert "<tool_call>" not in (choice.message.content or "")
+
+
+def test_single_call_when_parallel_calls_are_off(server):
+    r = create(server, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=3)
+    assert len(r.choices[0].message.tool_calls) == 1
+
+
+def test_streamed_tool_call_deltas_accumulate(server):
+    whole = create(server, tools=TOOLS, tool_choice="required", seed=8, temperature=1.0)
+    stream = create(server, tools=TOOLS, tool_choice="required", seed=8, temperature=1.0, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        assert "<tool_call>" not in (choice.delta.content or "")
+        for d in choice.delta.tool_calls or []:
+            if d.index not in calls:
+                assert d.id and d.type == "function" and d.function.name
+                calls[d.index] = {"id": d.id, "name": d.function.name, "arguments": d.function.arguments or ""}
+            else:
+                assert d.id is None and d.function.name is None
+                calls[d.index]["arguments"] += d.function.arguments or ""
+    assert finish == "tool_calls"
+    want = whole.choices[0].message.tool_calls
+    assert [(c["name"], c["arguments"]) for _, c in sorted(calls.items())] == [
+        (w.function.name, w.function.arguments) for w in want
+    ]
+    for c in calls.values():
+        json.loads(c["arguments"])
+
+
+class Forecast(BaseModel):
+    city: Literal["Paris", "Rome", "Oslo"]
+    sunny: bool
+    temperature: int
+
+
+def sampling(server):
+    """Greedy on the trained model; sampled on the random one, where greedy
+    decoding can repeat one digit of an unbounded integer forever."""
+    return {"temperature": 0} if server[0] == "smollm2" else {"temperature": 1.0, "seed": 2}
+
+
+def test_parse_with_a_pydantic_model(server):
+    _, client, model, _ = server
+    r = client.chat.completions.parse(
+        model=model, messages=[{"role": "user", "content": "Forecast for Paris as JSON."}],
+        response_format=Forecast, max_tokens=400, **sampling(server),
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(r.choices[0].message.parsed, Forecast)
+
+
+@tool
+def get_weather(city: Literal["Paris", "Rome", "Oslo", "Tokyo"], unit: Literal["celsius", "fahrenheit"]) -> str:
+    """Current weather in a city."""
+    return f"18 degrees {unit} and sunny in {city}"
+
+
+def chat_model(server):
+    _, _, model, url = server
+    options = sampling(server)
+    return ChatOpenAI(base_url=f"{url}/v1", api_key=API_KEY, model=model, temperature=options["temperature"],
+                      seed=options.get("seed"), max_tokens=400, max_retries=0)
+
+
+def test_langchain_two_step_tool_loop(server):
+    llm = chat_model(server)
+    messages = [HumanMessage("What is the weather in Paris, in celsius?")]
+    first = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(messages)
+    assert len(first.tool_calls) == 1 and first.tool_calls[0]["name"] == "get_weather"
+    call = first.tool_calls[0]
+    result = get_weather.invoke(call["args"])
+    messages += [first, ToolMessage(result, tool_call_id=call["id"])]
+    final = llm.bind_tools([get_weather]).invoke(messages)
+    assert final.content or final.tool_calls
+    for c in final.tool_calls:
+        jsonschema.validate(c["args"], WEATHER)
+    if server[0] == "smollm2":
+        assert "18" in final.content or "sunny" in final.content.lower()
+
+
+def test_langchain_structured_output(server):
+    for method in ("json_schema", "function_calling"):
+        result = chat_model(server).with_structured_output(Forecast, method=method).invoke(
+            "Forecast for Paris as JSON."
+        )
+        assert isinstance(result, Forecast), method

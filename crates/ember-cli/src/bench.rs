@@ -138,7 +138,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut next_prompt = 1;
     for &c in &args.concurrency {
         let count = args.requests.unwrap_or((2 * c).max(8));
-        // The same prompts free and constrained, side by side.
+        // Free and constrained side by side, each on fresh prompts (the same
+        // prompts twice would hit the prefix cache the second time).
         for constraint in std::iter::once(None).chain(grammar.clone().map(Some)) {
             let constrained = constraint.is_some();
             reset_peak_rss();
@@ -178,8 +179,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 level.output_tokens_per_s
             );
             levels.push(level);
+            next_prompt += count;
         }
-        next_prompt += count;
     }
     let throughput = |c: usize| {
         levels

@@ -221,7 +221,7 @@ impl Scheduler {
             if s.finished.is_none() {
                 return true;
             }
-            finish_in_group(groups, stats, s.group, 1);
+            finish_in_group(groups, stats, s.group, 1, |_| {});
             false
         });
     }
@@ -483,7 +483,7 @@ impl Scheduler {
                     reason: reason.clone(),
                 });
             }
-            finish_in_group(&mut self.groups, &self.stats, seq.group, 0);
+            finish_in_group(&mut self.groups, &self.stats, seq.group, 0, |_| {});
         }
         for seq in &mut self.running {
             seq.finished = Some(reason.clone());
@@ -526,35 +526,42 @@ impl Scheduler {
                 }
             }
             let cancelled = usize::from(reason == FinishReason::Cancelled);
-            if let Some(group) = finish_in_group(&mut self.groups, &self.stats, seq.group, cancelled)
-                && let Some(o) = &self.observer
-            {
-                o.on_request_finished(&reason, &group.usage, group.arrived.elapsed());
-            }
+            let observer = self.observer.as_deref();
+            finish_in_group(&mut self.groups, &self.stats, seq.group, cancelled, |group| {
+                if let Some(o) = observer {
+                    o.on_request_finished(&reason, &group.usage, group.arrived.elapsed());
+                }
+            });
         }
     }
 }
 
-/// Counts one finished choice; when it was the last, sends `Done` and
-/// returns the closed group.
-fn finish_in_group(groups: &mut HashMap<u64, Group>, stats: &EngineStats, id: u64, cancelled: usize) -> Option<Group> {
-    let group = groups.get_mut(&id)?;
+/// Counts one of the group's choices finished; when it was the last, the
+/// group leaves, `on_finish` runs and `Done` goes out, in that order, so a
+/// caller that saw `Done` sees the request in every count and metric.
+fn finish_in_group(
+    groups: &mut HashMap<u64, Group>,
+    stats: &EngineStats,
+    id: u64,
+    cancelled: usize,
+    on_finish: impl FnOnce(&Group),
+) {
+    let Some(group) = groups.get_mut(&id) else { return };
     group.unfinished = group.unfinished.saturating_sub(1);
     if group.unfinished > 0 {
-        return None;
+        return;
     }
-    let group = groups.remove(&id)?;
+    let Some(group) = groups.remove(&id) else { return };
     if group.counted_waiting {
         stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    // Counted before `Done` goes out, so a caller that saw `Done` sees the count.
     if group.tx.is_closed() || cancelled > 0 {
         metrics::add(&stats.requests_cancelled, 1);
     } else {
         metrics::add(&stats.requests_finished, 1);
     }
+    on_finish(&group);
     let _ = group.tx.send(GenerationEvent::Done { usage: group.usage });
-    Some(group)
 }
 
 /// Computes the next-token mask of each lent processor; a panic leaves that

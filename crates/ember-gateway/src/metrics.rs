@@ -14,6 +14,7 @@ pub struct GatewayMetrics {
     inter_token: Histogram,
     e2e: Histogram,
     batch_size: Histogram,
+    grammar_mask: Histogram,
     running: IntGauge,
     waiting: IntGauge,
     kv_usage: Gauge,
@@ -52,6 +53,12 @@ impl GatewayMetrics {
                 "ember:batch_size",
                 "Sequences per engine step.",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            )?,
+            grammar_mask: histogram(
+                &r,
+                "ember:grammar_mask_seconds",
+                "Time to compute one constrained sequence's next-token mask.",
+                vec![1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1],
             )?,
             running: register(&r, IntGauge::new("ember:num_requests_running", "Sequences in the running batch.")?)?,
             waiting: register(&r, IntGauge::new("ember:num_requests_waiting", "Requests waiting for admission.")?)?,
@@ -118,5 +125,9 @@ impl EngineObserver for GatewayMetrics {
     fn on_prefix_lookup(&self, queried: usize, hit: usize) {
         self.prefix_queries.inc_by(queried as u64);
         self.prefix_hits.inc_by(hit as u64);
+    }
+
+    fn on_grammar_mask(&self, elapsed: Duration) {
+        self.grammar_mask.observe(elapsed.as_secs_f64());
     }
 }

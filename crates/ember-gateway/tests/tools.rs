@@ -339,6 +339,15 @@ async fn response_format_json_schema_is_followed() -> anyhow::Result<()> {
     }
     assert_eq!(texts, contents);
 
+    // The engine reported the mask times of the constrained steps.
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+    let metrics = String::from_utf8_lossy(&test::read_body(resp).await).into_owned();
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ember:grammar_mask_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(count.is_some_and(|n| n > 0), "{metrics}");
+
     // json_object: any object.
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "JSON please"}],
         "response_format": {"type": "json_object"}, "max_tokens": 3000, "temperature": 1.0, "seed": 9});

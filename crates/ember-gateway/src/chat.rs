@@ -4,8 +4,7 @@
 
 use actix_web::{HttpResponse, web};
 use ember_engine::{
-    ChatTemplate, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, RenderOptions,
-    TextTokenizer, TokenLogprob,
+    ChatTemplate, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, RenderOptions, TextTokenizer, TokenLogprob,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -26,21 +25,9 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     let engine = state.engine()?.clone();
     state.check_model(&req.model)?;
     reject_present(&[
-        (
-            "functions",
-            req.functions.is_some(),
-            "deprecated by OpenAI; use `tools`",
-        ),
-        (
-            "function_call",
-            req.function_call.is_some(),
-            "deprecated by OpenAI; use `tool_choice`",
-        ),
-        (
-            "logit_bias",
-            req.logit_bias.is_some(),
-            "logit biases are not implemented",
-        ),
+        ("functions", req.functions.is_some(), "deprecated by OpenAI; use `tools`"),
+        ("function_call", req.function_call.is_some(), "deprecated by OpenAI; use `tool_choice`"),
+        ("logit_bias", req.logit_bias.is_some(), "logit biases are not implemented"),
         ("audio", req.audio.is_some(), "the model is text-only"),
         ("modalities", req.modalities.is_some(), "the model is text-only"),
         ("prediction", req.prediction.is_some(), "predicted outputs are not implemented"),
@@ -51,11 +38,7 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         ("metadata", req.metadata.is_some(), "completions are not stored"),
     ])?;
     let (stream, include_usage) = streaming(&sampling)?;
-    let tools = Tools::from_request(
-        req.tools.as_ref(),
-        req.tool_choice.as_ref(),
-        req.parallel_tool_calls.as_ref(),
-    )?;
+    let tools = Tools::from_request(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
     let schema = content_schema(req.response_format.as_ref())?;
 
     let model = engine.model();
@@ -64,17 +47,9 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
             "this model has no tokenizer or chat template; use /v1/completions with token ids",
         ));
     };
-    let rendered = render_chat(
-        template,
-        &req.messages,
-        state.limits.max_messages,
-        tools.as_ref(),
-        true,
-    )?;
+    let rendered = render_chat(template, &req.messages, state.limits.max_messages, tools.as_ref(), true)?;
     let grammar = match (&tools, &schema) {
-        (Some(tools), schema) => {
-            Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref())?)
-        }
+        (Some(tools), schema) => Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref())?),
         (None, Some(schema)) => Some(Grammar::JsonSchema(schema.clone())),
         (None, None) => None,
     };
@@ -112,15 +87,7 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     };
     let parse_calls = tools.is_some();
     if stream {
-        let body = chat_sse(
-            items,
-            head,
-            n,
-            include_usage,
-            logprobs,
-            parse_calls,
-            tokenizer,
-        );
+        let body = chat_sse(items, head, n, include_usage, logprobs, parse_calls, tokenizer);
         return Ok(sse_response(body));
     }
     let (choices, usage) = collect(items).await?;
@@ -322,21 +289,16 @@ fn template_messages(messages: &[ChatMessage], limit: usize) -> Result<Vec<Value
 /// `arguments` parsed into an object (Hugging Face's convention; Qwen3's
 /// template writes it back as the same JSON text).
 fn template_tool_calls(i: usize, calls: &Value) -> Result<Value, ApiError> {
-    let list = calls.as_array().ok_or_else(|| {
-        ApiError::invalid(
-            format!("messages[{i}].tool_calls"),
-            "`tool_calls` must be an array",
-        )
-    })?;
+    let list = calls
+        .as_array()
+        .ok_or_else(|| ApiError::invalid(format!("messages[{i}].tool_calls"), "`tool_calls` must be an array"))?;
     let mut out = Vec::with_capacity(list.len());
     for (j, call) in list.iter().enumerate() {
         let at = |path: &str| format!("messages[{i}].tool_calls[{j}]{path}");
         let function = call
             .get("function")
             .and_then(Value::as_object)
-            .ok_or_else(|| {
-                ApiError::invalid(at(".function"), "a tool call needs a `function` object")
-            })?;
+            .ok_or_else(|| ApiError::invalid(at(".function"), "a tool call needs a `function` object"))?;
         let name = function
             .get("name")
             .and_then(Value::as_str)
@@ -347,15 +309,9 @@ fn template_tool_calls(i: usize, calls: &Value) -> Result<Value, ApiError> {
                 .filter(Value::is_object)
                 .unwrap_or_else(|| Value::String(text.clone())),
             Some(object @ Value::Object(_)) => object.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    at(".function.arguments"),
-                    "`arguments` must be a JSON string",
-                ));
-            }
+            _ => return Err(ApiError::invalid(at(".function.arguments"), "`arguments` must be a JSON string")),
         };
-        let mut entry =
-            json!({"type": "function", "function": {"name": name, "arguments": arguments}});
+        let mut entry = json!({"type": "function", "function": {"name": name, "arguments": arguments}});
         if let Some(id) = call.get("id").and_then(Value::as_str) {
             entry["id"] = json!(id);
         }
@@ -412,47 +368,31 @@ fn chat_sse(
     parse_calls: bool,
     tokenizer: std::sync::Arc<TextTokenizer>,
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    let chunk = move |index: usize,
-                      delta: Value,
-                      lp: Option<ChatLogprobs>,
-                      reason: Option<&str>| {
-        json!({
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut body = json!({
             "id": head.id,
             "object": "chat.completion.chunk",
             "created": head.created,
             "model": head.model,
             "system_fingerprint": fingerprint(),
-            "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}],
-        })
-    };
-    let with_usage = move |mut body: Value, usage: Option<Value>| {
+            "choices": choices,
+        });
         if include_usage {
             body["usage"] = usage.unwrap_or(Value::Null);
         }
         body
     };
+    let choice = |index: usize, delta: Value, lp: Option<ChatLogprobs>, reason: Option<&str>| {
+        json!([{"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}])
+    };
     let roles: Vec<Value> = (0..n)
-        .map(|index| {
-            with_usage(
-                chunk(
-                    index,
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                    None,
-                ),
-                None,
-            )
-        })
+        .map(|index| chunk(choice(index, json!({"role": "assistant", "content": ""}), None, None), None))
         .collect();
     let mut parsers: Vec<ToolCallParser> = (0..n).map(|_| ToolCallParser::new()).collect();
     let rest = sse_body(items, move |frame| {
         let mut out = Vec::new();
         match frame {
-            Frame::Delta {
-                index,
-                text,
-                logprobs: lps,
-            } => {
+            Frame::Delta { index, text, logprobs: lps } => {
                 let mut lp = (logprobs && !lps.is_empty()).then(|| chat_logprobs(&tokenizer, &lps));
                 let deltas = match parsers.get_mut(index).filter(|_| parse_calls) {
                     Some(parser) => parser.push(&text).into_iter().map(tool_delta).collect(),
@@ -460,43 +400,30 @@ fn chat_sse(
                     None => vec![json!({"content": text})],
                 };
                 for delta in deltas {
-                    out.push(chunk(index, delta, lp.take(), None));
+                    out.push(chunk(choice(index, delta, lp.take(), None), None));
                 }
                 // Logprobs of tokens whose text is held back still go out.
                 if let Some(lp) = lp {
-                    out.push(chunk(index, json!({"content": ""}), Some(lp), None));
+                    out.push(chunk(choice(index, json!({"content": ""}), Some(lp), None), None));
                 }
             }
             Frame::Finish { index, reason } => {
                 let mut made_calls = false;
                 if let Some(parser) = parsers.get_mut(index).filter(|_| parse_calls) {
                     for event in parser.finish() {
-                        out.push(chunk(index, tool_delta(event), None, None));
+                        out.push(chunk(choice(index, tool_delta(event), None, None), None));
                     }
                     made_calls = parser.has_calls();
                 }
-                out.push(chunk(
-                    index,
-                    json!({}),
-                    None,
-                    finish_with_calls(Some(reason), made_calls),
-                ));
+                let reason = finish_with_calls(Some(reason), made_calls);
+                out.push(chunk(choice(index, json!({}), None, reason), None));
             }
-            Frame::Usage(usage) => {
-                if include_usage {
-                    let mut body = chunk(0, json!({}), None, None);
-                    body["choices"] = json!([]);
-                    out.push(body);
-                    return out
-                        .into_iter()
-                        .map(|b| with_usage(b, Some(json!(crate::openai::Usage::from(usage)))))
-                        .collect();
-                }
+            Frame::Usage(usage) if include_usage => {
+                out.push(chunk(json!([]), Some(json!(crate::openai::Usage::from(usage)))));
             }
+            Frame::Usage(_) => {}
         }
-        out.into_iter()
-            .map(|b| with_usage(b, None))
-            .collect::<Vec<_>>()
+        out
     });
     futures_util::stream::iter(roles.into_iter().map(|r| Ok(sse_event(&r)))).chain(rest)
 }
@@ -508,8 +435,6 @@ fn tool_delta(event: ToolEvent) -> Value {
         ToolEvent::CallStart { index, id, name } => json!({"tool_calls": [{
             "index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
         }]}),
-        ToolEvent::Arguments { index, fragment } => {
-            json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
-        }
+        ToolEvent::Arguments { index, fragment } => json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
     }
 }

@@ -180,18 +180,7 @@ impl ToolCallParser {
                 true
             }
             Header::Done { name, consumed } => {
-                let index = self.calls.len();
-                let id = new_call_id();
-                events.push(ToolEvent::CallStart {
-                    index,
-                    id: id.clone(),
-                    name: name.clone(),
-                });
-                self.calls.push(ParsedCall {
-                    id,
-                    name,
-                    arguments: String::new(),
-                });
+                self.open_call(name, events);
                 self.pending.drain(..consumed);
                 self.state = State::Arguments(JsonScan::default());
                 true
@@ -261,18 +250,12 @@ impl ToolCallParser {
                     Some(v) => ember_engine::chat_template::python_json(v),
                     None => "{}".to_owned(),
                 };
-                let index = self.calls.len();
-                let id = new_call_id();
-                events.push(ToolEvent::CallStart {
-                    index,
-                    id: id.clone(),
-                    name: name.clone(),
-                });
+                let index = self.open_call(name, events);
                 events.push(ToolEvent::Arguments {
                     index,
                     fragment: arguments.clone(),
                 });
-                self.calls.push(ParsedCall { id, name, arguments });
+                self.calls[index].arguments = arguments;
             }
             // Not a call after all: the text goes to the content as written.
             _ => events.push(ToolEvent::Content(format!("{OPEN_TAG}{body}{CLOSE_TAG}"))),
@@ -282,8 +265,23 @@ impl ToolCallParser {
     }
 }
 
-fn new_call_id() -> String {
-    format!("call_{:024x}", rand::random::<u128>() >> 32)
+impl ToolCallParser {
+    /// Starts call number `calls.len()` with a fresh id; returns its index.
+    fn open_call(&mut self, name: String, events: &mut Vec<ToolEvent>) -> usize {
+        let index = self.calls.len();
+        let id = format!("call_{:024x}", rand::random::<u128>() >> 32);
+        events.push(ToolEvent::CallStart {
+            index,
+            id: id.clone(),
+            name: name.clone(),
+        });
+        self.calls.push(ParsedCall {
+            id,
+            name,
+            arguments: String::new(),
+        });
+        index
+    }
 }
 
 /// Where the text that must wait begins: a suffix that could start the

@@ -109,7 +109,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             Ok(engine) => {
                 tracing::info!("{}", engine.info());
                 tracing::info!(model = %served, secs = started.elapsed().as_secs_f64(), "model loaded; ready");
-                loading.set_engine(engine);
+                loading.set_engine(engine.clone());
+                // The grammar compiler (token trie, about a second on a
+                // 150K vocabulary) is built now rather than on the first
+                // tool call or JSON-schema request.
+                let started = std::time::Instant::now();
+                match engine.model().grammar_compiler() {
+                    Ok(_) => tracing::info!(secs = started.elapsed().as_secs_f64(), "constrained decoding ready"),
+                    Err(e) => tracing::warn!("constrained decoding unavailable: {e}"),
+                }
             }
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -36,8 +36,9 @@ pub struct ModelInfo {
     /// Where it was loaded from.
     pub path: PathBuf,
     pub config: ModelConfig,
-    /// Built on first use: the token trie takes about a second on a
-    /// 150K-token vocabulary, and most deployments never constrain output.
+    /// Built on first use (`ember serve` asks for it right after loading):
+    /// the token trie takes about a second on a 150K-token vocabulary, which
+    /// `generate`, `chat` and the tests need not pay.
     grammar_compiler: OnceLock<std::result::Result<Arc<GrammarCompiler>, String>>,
 }
 

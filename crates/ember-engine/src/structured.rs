@@ -258,11 +258,27 @@ impl LogitsProcessor for GrammarMatcher {
         self.prepare();
         let mask = self.mask.take().unwrap_or_else(|| Err("no mask".into()))?;
         let width = logits.len();
-        mask.iter_unset_entries(|i| {
-            if i < width {
-                logits[i] = f32::NEG_INFINITY;
+        // Inside JSON structure a mask allows a handful of the vocabulary:
+        // keeping those few and filling the rest is cheaper than writing
+        // every banned entry one by one.
+        if mask.num_set() * 8 < width {
+            let mut kept = Vec::new();
+            mask.iter_set_entries(|i| {
+                if i < width {
+                    kept.push((i, logits[i]));
+                }
+            });
+            logits.fill(f32::NEG_INFINITY);
+            for (i, l) in kept {
+                logits[i] = l;
             }
-        });
+        } else {
+            mask.iter_unset_entries(|i| {
+                if i < width {
+                    logits[i] = f32::NEG_INFINITY;
+                }
+            });
+        }
         Ok(())
     }
 

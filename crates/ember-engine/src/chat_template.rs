@@ -20,6 +20,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Whether the source uses `tools` at all, found once at compile time.
+    reads_tools: bool,
 }
 
 /// What a template is rendered with.
@@ -46,19 +48,20 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME.to_owned(), source.to_owned())?;
+        // Static analysis re-parses the source, so it runs once, not per request.
+        let reads_tools = env.get_template(TEMPLATE_NAME)?.undeclared_variables(false).contains("tools");
         Ok(Self {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            reads_tools,
         })
     }
 
     /// Whether the template reads `tools` at all; many (SmolLM2's among
     /// them) ignore it, and then Ember writes the tool prompt itself.
     pub fn reads_tools(&self) -> bool {
-        self.env
-            .get_template(TEMPLATE_NAME)
-            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
+        self.reads_tools
     }
 
     /// Renders messages into the prompt text the model was trained on.

@@ -152,7 +152,7 @@ impl GrammarCompiler {
         let parser = self
             .factory
             .create_parser(top)
-            .map_err(|e| EngineError::Grammar(first_line(&e.to_string())))?;
+            .map_err(|e| EngineError::Grammar(brief(&e.to_string())))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher_error(&matcher) {
             return Err(EngineError::Grammar(e));
@@ -168,12 +168,19 @@ fn trie_error(e: impl std::fmt::Display) -> EngineError {
 }
 
 fn matcher_error(matcher: &Matcher) -> Option<String> {
-    matcher.get_error().map(|e| first_line(&e))
+    matcher.get_error().map(|e| brief(&e))
 }
 
-/// llguidance appends parser state to some messages; the first line says what is wrong.
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or_default().trim().to_owned()
+/// An llguidance message made fit for an API error: on one line, and cut
+/// short, since some messages go on to dump parser state (a regex error's
+/// first line is only "regex parse error:", so more than one line is kept).
+fn brief(message: &str) -> String {
+    const LIMIT: usize = 300;
+    let text = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 fn check_depth(schema: &Value) -> Result<()> {
@@ -230,16 +237,6 @@ pub struct GrammarMatcher {
     mask: Option<std::result::Result<SimpleVob, String>>,
 }
 
-impl GrammarMatcher {
-    /// Advances past tokens already chosen (tests drive a matcher directly).
-    pub fn consume(&mut self, tokens: &[u32]) -> std::result::Result<(), String> {
-        self.mask = None;
-        self.matcher
-            .consume_tokens(tokens)
-            .map_err(|e| first_line(&e.to_string()))
-    }
-}
-
 impl LogitsProcessor for GrammarMatcher {
     fn prepare(&mut self) -> Option<std::time::Duration> {
         if self.mask.is_some() {
@@ -249,7 +246,7 @@ impl LogitsProcessor for GrammarMatcher {
         self.mask = Some(
             self.matcher
                 .compute_mask_or_eos()
-                .map_err(|e| first_line(&e.to_string())),
+                .map_err(|e| brief(&e.to_string())),
         );
         Some(started.elapsed())
     }
@@ -283,7 +280,8 @@ impl LogitsProcessor for GrammarMatcher {
     }
 
     fn accept(&mut self, token: u32) -> std::result::Result<bool, String> {
-        self.consume(&[token])?;
+        self.mask = None;
+        self.matcher.consume_token(token).map_err(|e| brief(&e.to_string()))?;
         Ok(self.matcher.is_stopped())
     }
 }

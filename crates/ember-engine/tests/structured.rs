@@ -143,6 +143,8 @@ fn unsupported_and_hostile_schemas_are_refused_by_name() -> TestResult {
     }
     assert!(refused(json!({"$ref": "https://example.com/s.json"})).contains("https://example.com/s.json"));
     assert!(refused(json!({"type": "strin"})).contains("strin"));
+    let regex = refused(json!({"type": "string", "pattern": "(a|b)*c\\1"}));
+    assert!(regex.contains("regex") && regex.len() > "invalid grammar: regex parse error:".len(), "{regex}");
     // Deep nesting stops before the compiler recurses; a huge enum hits
     // llguidance's lexer budget instead of running on.
     let mut deep = json!({"type": "string"});

@@ -367,8 +367,11 @@ pub fn hermes_messages(messages: &[Value], tools: Option<&Tools>) -> Vec<Value> 
         system.push_str(&tools_prompt(&tools.definitions));
         out.push(json!({"role": "system", "content": system}));
     }
+    // Consecutive tool results share one user turn, as in Qwen3's template.
+    let mut after_tool = false;
     for message in rest {
         let role = message["role"].as_str().unwrap_or_default();
+        let was_after_tool = std::mem::replace(&mut after_tool, role == "tool");
         match role {
             "assistant" if message.get("tool_calls").is_some_and(|c| !c.is_null()) => {
                 let mut content = message["content"].as_str().unwrap_or_default().to_owned();
@@ -386,19 +389,14 @@ pub fn hermes_messages(messages: &[Value], tools: Option<&Tools>) -> Vec<Value> 
                     message["content"].as_str().unwrap_or_default()
                 );
                 match out.last_mut() {
-                    Some(last) if last["role"] == "user" && last.get("tool_results").is_some() => {
+                    Some(last) if was_after_tool => {
                         let merged = format!("{}\n{block}", last["content"].as_str().unwrap_or_default());
                         last["content"] = json!(merged);
                     }
-                    _ => out.push(json!({"role": "user", "content": block, "tool_results": true})),
+                    _ => out.push(json!({"role": "user", "content": block})),
                 }
             }
             _ => out.push(message.clone()),
-        }
-    }
-    for message in &mut out {
-        if let Some(m) = message.as_object_mut() {
-            m.remove("tool_results");
         }
     }
     out

@@ -353,10 +353,9 @@ async fn response_format_json_schema_is_followed() -> anyhow::Result<()> {
         "response_format": {"type": "json_object"}, "max_tokens": 3000, "temperature": 1.0, "seed": 9});
     let (status, got) = call(&app, post("/v1/chat/completions", body)).await;
     assert_eq!(status, StatusCode::OK, "{got}");
-    if got["choices"][0]["finish_reason"] == "stop" {
-        let value: Value = serde_json::from_str(got["choices"][0]["message"]["content"].as_str().unwrap_or_default())?;
-        assert!(value.is_object(), "{value}");
-    }
+    assert_eq!(got["choices"][0]["finish_reason"], "stop", "{got}");
+    let value: Value = serde_json::from_str(got["choices"][0]["message"]["content"].as_str().unwrap_or_default())?;
+    assert!(value.is_object(), "{value}");
     Ok(())
 }
 

@@ -12,6 +12,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub type BlockId = u32;
 
+/// A broken bookkeeping invariant: a bug in Ember, never a user's doing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("block {0} was released more often than it was referenced")]
+    DoubleFree(BlockId),
+    #[error("{needed} blocks were asked for but only {available} are available")]
+    Exhausted { needed: usize, available: usize },
+}
+
 /// The hash of the (empty) parent of a sequence's first block.
 pub const ROOT_HASH: u64 = 0;
 
@@ -93,12 +102,26 @@ impl BlockManager {
         Some(block)
     }
 
+    /// `n` blocks for new contents, or none at all when fewer are available.
+    pub fn allocate_n(&mut self, n: usize) -> Result<Vec<BlockId>, BlockError> {
+        let available = self.num_available();
+        if n > available {
+            return Err(BlockError::Exhausted { needed: n, available });
+        }
+        Ok((0..n).filter_map(|_| self.allocate()).collect())
+    }
+
     /// Drops one reference; an unreferenced cached block stays findable.
-    pub fn release(&mut self, block: BlockId) {
+    /// Releasing an unreferenced block is refused: putting it on the free
+    /// list twice would hand one block to two sequences.
+    pub fn release(&mut self, block: BlockId) -> Result<(), BlockError> {
         let meta = &mut self.blocks[block as usize];
-        meta.refs = meta.refs.saturating_sub(1);
+        if meta.refs == 0 {
+            return Err(BlockError::DoubleFree(block));
+        }
+        meta.refs -= 1;
         if meta.refs > 0 {
-            return;
+            return Ok(());
         }
         self.clock += 1;
         meta.released_at = self.clock;
@@ -107,6 +130,7 @@ impl BlockManager {
         } else {
             self.free.push(block);
         }
+        Ok(())
     }
 
     /// The blocks caching the longest prefix of `tokens`, in whole blocks
@@ -192,7 +216,10 @@ impl SharedBlocks {
 
 /// A sequence's blocks in position order. Dropping the table releases them,
 /// so a sequence that leaves for any reason (finished, cancelled, failed,
-/// preempted) frees its memory.
+/// preempted) frees its memory. They are released tail first, as vLLM's
+/// `free_blocks` does: the head of a cached prefix then has the newest
+/// release time and is evicted last, so a chain is never cut at its head
+/// while its tail still takes room in the cache.
 pub struct BlockTable {
     ids: Vec<BlockId>,
     owner: SharedBlocks,
@@ -212,8 +239,11 @@ impl BlockTable {
 impl Drop for BlockTable {
     fn drop(&mut self) {
         let mut manager = self.owner.lock();
-        for b in self.ids.drain(..) {
-            manager.release(b);
+        for b in self.ids.drain(..).rev() {
+            if let Err(e) = manager.release(b) {
+                debug_assert!(false, "{e}");
+                tracing::error!("KV block bookkeeping: {e}");
+            }
         }
     }
 }
@@ -246,8 +276,8 @@ mod tests {
     fn a_released_prefix_is_found_again_and_a_different_one_is_not() {
         let mut m = BlockManager::new(8, 2);
         let table = cache_blocks(&mut m, &[1, 2, 3, 4, 5, 6]);
-        for b in table {
-            m.release(b);
+        for b in table.into_iter().rev() {
+            assert_eq!(m.release(b), Ok(()));
         }
         assert_eq!(m.num_available(), 8);
         let hit = m.match_prefix(&[1, 2, 3, 4, 9, 9], 3);
@@ -262,8 +292,8 @@ mod tests {
         let mut m = BlockManager::new(3, 1);
         let a = cache_blocks(&mut m, &[10]);
         let b = cache_blocks(&mut m, &[20]);
-        m.release(a[0]);
-        m.release(b[0]);
+        assert_eq!(m.release(a[0]), Ok(()));
+        assert_eq!(m.release(b[0]), Ok(()));
         let fresh = m.allocate();
         assert!(fresh.is_some() && fresh != Some(a[0]) && fresh != Some(b[0]));
         // Next allocation evicts a (released first); b stays findable.
@@ -292,9 +322,50 @@ mod tests {
         let t = cache_blocks(&mut m, &[5]);
         let shared = m.match_prefix(&[5], 1);
         assert_eq!(shared[0].0, t[0]);
-        m.release(t[0]);
+        assert_eq!(m.release(t[0]), Ok(()));
         assert_eq!(m.num_used(), 1);
-        m.release(t[0]);
+        assert_eq!(m.release(t[0]), Ok(()));
         assert_eq!(m.num_used(), 0);
+    }
+
+    #[test]
+    fn a_double_free_is_refused_and_the_block_is_handed_out_once() {
+        let mut m = BlockManager::new(2, 1);
+        let b = m.allocate().unwrap_or(BlockId::MAX);
+        assert_eq!(m.release(b), Ok(()));
+        assert_eq!(m.release(b), Err(BlockError::DoubleFree(b)));
+        let first = m.allocate();
+        let second = m.allocate();
+        assert!(first.is_some() && second.is_some() && first != second);
+        assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn allocate_n_takes_all_or_nothing() {
+        let mut m = BlockManager::new(3, 1);
+        assert_eq!(m.allocate_n(4), Err(BlockError::Exhausted { needed: 4, available: 3 }));
+        assert_eq!(m.num_used(), 0);
+        assert_eq!(m.allocate_n(3).map(|v| v.len()), Ok(3));
+    }
+
+    /// Regression: tables used to release head first, so the head of a
+    /// cached chain was evicted first and the whole chain became unreachable.
+    #[test]
+    fn eviction_keeps_the_head_of_a_released_prefix() {
+        let shared = SharedBlocks::new(BlockManager::new(4, 1));
+        let mut table = shared.table();
+        let mut parent = ROOT_HASH;
+        for t in [1, 2, 3, 4] {
+            let b = shared.lock().allocate().unwrap_or(BlockId::MAX);
+            parent = shared.lock().register_full(b, parent, &[t]);
+            table.push(b);
+        }
+        drop(table);
+        // Two new blocks evict two cached ones: the tail's.
+        let taken = shared.lock().allocate_n(2);
+        assert!(taken.is_ok());
+        let mut m = shared.lock();
+        let hit = m.match_prefix(&[1, 2, 3, 4], 4);
+        assert_eq!(hit.len(), 2, "the first two blocks of the prefix stay findable");
     }
 }

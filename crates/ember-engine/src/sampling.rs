@@ -8,6 +8,7 @@
 //! truncation, so a greedy request still gets informative alternatives.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,9 +18,14 @@ use crate::error::{EngineError, Result};
 /// The most `top_logprobs` a request may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// Temperatures below this sample greedily. Dividing by a subnormal
+/// temperature such as 1e-40 overflows every logit to infinity; vLLM uses the
+/// same threshold (`_SAMPLING_EPS` in `vllm/sampling_params.py`).
+pub const MIN_TEMPERATURE: f32 = 1e-5;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// 0 is greedy.
+    /// 0 (or anything below `MIN_TEMPERATURE`) is greedy.
     pub temperature: f32,
     /// Keep the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
@@ -135,10 +141,11 @@ pub struct Sampled {
     pub logprob: Option<TokenLogprob>,
 }
 
-/// Token counts a sequence's penalties need.
+/// Token counts a sequence's penalties need. The prompt's distinct ids are
+/// shared by the choices of a request.
 #[derive(Debug, Clone, Default)]
 pub struct TokenHistory {
-    prompt: Vec<u32>,
+    prompt: Arc<[u32]>,
     output_counts: HashMap<u32, u32>,
 }
 
@@ -148,7 +155,7 @@ impl TokenHistory {
         prompt.sort_unstable();
         prompt.dedup();
         Self {
-            prompt,
+            prompt: prompt.into(),
             output_counts: HashMap::new(),
         }
     }
@@ -188,13 +195,14 @@ impl Sampler {
         if let Some(processor) = processor {
             processor.process(logits).map_err(EngineError::LogitsProcessor)?;
         }
-        if !logits.iter().any(|l| l.is_finite()) {
-            return Err(EngineError::LogitsProcessor("every token is masked".into()));
-        }
-        let greedy = self.params.temperature == 0.0;
+        let greedy = self.params.temperature < MIN_TEMPERATURE;
         if !greedy {
             let inv = 1.0 / self.params.temperature;
             logits.iter_mut().for_each(|l| *l *= inv);
+        }
+        sanitize(logits);
+        if !logits.iter().any(|l| l.is_finite()) {
+            return Err(EngineError::LogitsProcessor("every token is masked".into()));
         }
         let token = if greedy { argmax(logits) } else { self.draw(logits) };
         Ok(Sampled {
@@ -226,6 +234,9 @@ impl Sampler {
     /// A draw from the top-k / top-p / min-p truncated softmax.
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            return self.draw_untruncated(logits);
+        }
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
@@ -268,6 +279,25 @@ impl Sampler {
         candidates[keep - 1].0
     }
 
+    /// A draw from the full softmax, without sorting the vocabulary.
+    fn draw_untruncated(&mut self, logits: &[f32]) -> u32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let mut target = self.rng.random::<f64>() * total;
+        let mut last = argmax(logits);
+        for (i, &l) in logits.iter().enumerate() {
+            if !l.is_finite() {
+                continue;
+            }
+            last = i as u32;
+            target -= f64::from(l - max).exp();
+            if target <= 0.0 {
+                return last;
+            }
+        }
+        last
+    }
+
     fn logprob(&self, logits: &[f32], token: u32) -> Option<TokenLogprob> {
         if !self.params.logprobs {
             return None;
@@ -290,6 +320,18 @@ impl Sampler {
             logprob: logprob(logits[token as usize]),
             top,
         })
+    }
+}
+
+/// Keeps arithmetic on logits finite: NaN (from penalties on infinite
+/// logits) bans the token, and +inf (an overflow) becomes the largest float.
+fn sanitize(logits: &mut [f32]) {
+    for l in logits.iter_mut() {
+        if l.is_nan() {
+            *l = f32::NEG_INFINITY;
+        } else if *l == f32::INFINITY {
+            *l = f32::MAX;
+        }
     }
 }
 
@@ -428,5 +470,52 @@ mod tests {
             assert!(p.validate().is_err(), "{p:?}");
         }
         assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    /// Regression: `temperature: 1e-40` overflowed every logit to infinity
+    /// and sampling panicked with "index out of bounds".
+    #[test]
+    fn a_subnormal_temperature_samples_greedily() {
+        for t in [1e-40, 1e-6, f32::MIN_POSITIVE] {
+            assert_eq!(draws(with(|p| p.temperature = t), 3, &LOGITS, 5), vec![1; 5], "{t}");
+        }
+        // Just above the threshold it still samples.
+        let seen: HashSet<u32> = draws(with(|p| p.temperature = 10.0), 1, &LOGITS, 200).into_iter().collect();
+        assert!(seen.len() > 2);
+    }
+
+    #[test]
+    fn extreme_penalties_and_temperatures_keep_the_logits_usable() -> Result<()> {
+        let mut history = TokenHistory::new(&[0, 1, 2, 3, 4]);
+        history.push_output(1);
+        for params in [
+            with(|p| p.repetition_penalty = 1e-40),
+            with(|p| p.repetition_penalty = f32::MAX),
+            with(|p| { p.temperature = 1e-5; p.repetition_penalty = 1e-30; }),
+            with(|p| { p.temperature = 1e30; p.top_p = 1e-30; p.logprobs = true; p.top_logprobs = 5; }),
+        ] {
+            let mut s = Sampler::new(params.clone(), 0);
+            let sampled = s.sample(&mut LOGITS.to_vec(), &history, None)?;
+            assert!((sampled.token as usize) < LOGITS.len(), "{params:?}");
+            if let Some(lp) = sampled.logprob {
+                assert!(!lp.logprob.is_nan(), "{params:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The unsorted draw used when nothing truncates follows the softmax.
+    #[test]
+    fn an_untruncated_draw_follows_the_softmax() {
+        let counts = draws(SamplingParams::default(), 11, &LOGITS, 20_000).into_iter().fold([0usize; 5], |mut c, t| {
+            c[t as usize] += 1;
+            c
+        });
+        let total: f32 = LOGITS.iter().map(|l| l.exp()).sum();
+        for (t, &c) in counts.iter().enumerate() {
+            let expected = LOGITS[t].exp() / total;
+            let got = c as f32 / 20_000.0;
+            assert!((got - expected).abs() < 0.015, "token {t}: {got} vs {expected}");
+        }
     }
 }

@@ -22,3 +22,11 @@ pub fn cache_dir() -> PathBuf {
 pub fn default_model_path() -> PathBuf {
     cache_dir().join(DEFAULT_MODEL_FILE)
 }
+
+/// Whether `path` is the default model's file (however it was named).
+pub fn is_default_model(path: &std::path::Path) -> bool {
+    match (path.canonicalize(), default_model_path().canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

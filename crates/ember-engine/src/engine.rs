@@ -6,22 +6,22 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ember_model::KvPool;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::error::{EngineError, Result};
+use crate::generation_defaults::GenerationDefaults;
 use crate::loaded_model::{LoadedModel, ModelInfo};
 use crate::metrics::{EngineObserver, EngineStats, StatsSnapshot};
+use crate::output::{EngineEvent, OutputProcessor};
 use crate::request::{FinishReason, GenerationEvent, GenerationRequest, Usage};
-use crate::sampling::{Sampler, TokenLogprob};
-use crate::scheduler::{Group, Scheduler, SchedulerConfig, Sequence};
-use crate::stop::StopMatcher;
-use crate::tokenizer::IncrementalDecoder;
+use crate::sampling::{Sampler, TokenHistory, TokenLogprob};
+use crate::scheduler::{CausalLmRunner, Group, Scheduler, SchedulerConfig, Sequence, SequenceStart, StopSignals};
 
 /// The most choices one request may ask for.
 pub const MAX_N: usize = 16;
@@ -86,6 +86,8 @@ pub struct EngineConfig {
     pub max_queue_len: usize,
     /// Caps the model's own window (prompt + output).
     pub max_model_len: Option<usize>,
+    /// Laid over the model's own sampling defaults (`generation_config.json`).
+    pub generation_overrides: GenerationDefaults,
     pub observer: Option<Arc<dyn EngineObserver>>,
 }
 
@@ -100,6 +102,7 @@ impl Default for EngineConfig {
             max_num_seqs: 128,
             max_queue_len: 512,
             max_model_len: None,
+            generation_overrides: GenerationDefaults::default(),
             observer: None,
         }
     }
@@ -114,6 +117,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_num_seqs", &self.max_num_seqs)
             .field("max_queue_len", &self.max_queue_len)
             .field("max_model_len", &self.max_model_len)
+            .field("generation_overrides", &self.generation_overrides)
             .finish()
     }
 }
@@ -172,7 +176,8 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Sizes the KV pool, moves the model onto the engine thread and starts it.
     pub fn start(loaded: LoadedModel, config: EngineConfig) -> Result<Self> {
-        let LoadedModel { model, info: model_info } = loaded;
+        let LoadedModel { model, info: mut model_info } = loaded;
+        model_info.generation_defaults = model_info.generation_defaults.overlay(config.generation_overrides.validated()?);
         if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0 {
             return Err(EngineError::InvalidConfig(
                 "block_size, max_num_batched_tokens and max_num_seqs must be positive".into(),
@@ -213,9 +218,7 @@ impl EngineHandle {
         };
         let stats = Arc::new(EngineStats::default());
         let scheduler = Scheduler::new(
-            model,
-            num_blocks,
-            config.block_size,
+            CausalLmRunner::new(model, num_blocks, config.block_size),
             SchedulerConfig {
                 max_num_batched_tokens: config.max_num_batched_tokens,
                 max_num_seqs: config.max_num_seqs,
@@ -272,23 +275,26 @@ impl EngineHandle {
             stop_ids.extend(&shared.model.eos_token_ids);
         }
         let stop_ids: Arc<[u32]> = stop_ids.into();
+        // Built once and shared by the choices: it sorts the prompt.
+        let history = TokenHistory::new(&request.prompt);
+        let signals = Arc::new(StopSignals::new(request.n));
         let sequences = (0..request.n)
             .map(|index| {
-                Sequence::new(
-                    id,
+                Sequence::new(SequenceStart {
+                    group: id,
                     index,
-                    request.prompt.clone(),
+                    prompt: request.prompt.clone(),
+                    history: history.clone(),
                     max_tokens,
-                    stop_ids.clone(),
-                    Sampler::new(request.sampling.clone(), seed.wrapping_add(index as u64)),
-                    request.logits_processor.as_ref().map(|f| f.create()),
-                    shared.model.tokenizer.clone().map(IncrementalDecoder::new),
-                    StopMatcher::new(&request.stop),
-                )
+                    stop_ids: stop_ids.clone(),
+                    sampler: Sampler::new(request.sampling.clone(), seed.wrapping_add(index as u64)),
+                    processor: request.logits_processor.as_ref().map(|f| f.create()),
+                })
             })
             .collect();
         let group = Group {
             tx,
+            stops: signals.clone(),
             unfinished: request.n,
             usage: Usage {
                 prompt_tokens: request.prompt.len(),
@@ -309,6 +315,7 @@ impl EngineHandle {
         }
         Ok(GenerationStream {
             events: rx,
+            output: OutputProcessor::new(request.n, shared.model.tokenizer.as_ref(), &request.stop, signals),
             prompt_tokens: request.prompt.len(),
         })
     }
@@ -362,9 +369,15 @@ impl EngineHandle {
     }
 }
 
-/// Steps while there is work; blocks for requests when idle.
-fn engine_loop(mut scheduler: Scheduler, requests: Receiver<Incoming>) {
+/// How long a step that could plan nothing waits before looking again
+/// (for a cancellation, which arrives without a message).
+const STALLED_WAIT: Duration = Duration::from_millis(20);
+
+/// Steps while there is work; blocks for requests when idle, and waits
+/// rather than spins when a step could plan nothing.
+fn engine_loop(mut scheduler: Scheduler<CausalLmRunner>, requests: Receiver<Incoming>) {
     let mut open = true;
+    let mut progressed = true;
     loop {
         if !scheduler.has_work() {
             if !open {
@@ -374,6 +387,14 @@ fn engine_loop(mut scheduler: Scheduler, requests: Receiver<Incoming>) {
                 Ok(r) => scheduler.add(r.id, r.group, r.sequences),
                 Err(_) => return,
             }
+        } else if !progressed && open {
+            match requests.recv_timeout(STALLED_WAIT) {
+                Ok(r) => scheduler.add(r.id, r.group, r.sequences),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        } else if !progressed {
+            std::thread::sleep(STALLED_WAIT);
         }
         while open {
             match requests.try_recv() {
@@ -384,27 +405,52 @@ fn engine_loop(mut scheduler: Scheduler, requests: Receiver<Incoming>) {
         }
         // Model and sampling failures are caught per sequence inside the
         // step; this catches a bug anywhere else in it.
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.step())) {
-            scheduler.fail_all(&crate::scheduler::panic_message(&panic));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.step())) {
+            Ok(p) => progressed = p,
+            Err(panic) => {
+                scheduler.fail_all(&crate::scheduler::panic_message(&panic));
+                progressed = true;
+            }
         }
     }
 }
 
 /// The events of one request. Dropping it cancels the request: the engine
-/// notices at its next step and frees the request's blocks.
+/// notices at its next step and frees the request's blocks. Text is decoded
+/// and stop strings matched here, by whoever reads the stream.
 pub struct GenerationStream {
-    events: UnboundedReceiver<GenerationEvent>,
+    events: UnboundedReceiver<EngineEvent>,
+    output: OutputProcessor,
     prompt_tokens: usize,
 }
 
 impl GenerationStream {
     pub async fn next_event(&mut self) -> Option<GenerationEvent> {
-        self.events.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// For threads outside any async runtime (the CLI, benchmarks).
     pub fn blocking_next(&mut self) -> Option<GenerationEvent> {
-        self.events.blocking_recv()
+        loop {
+            if let Some(event) = self.output.pop() {
+                return Some(event);
+            }
+            let event = self.events.blocking_recv()?;
+            self.output.push(event);
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<GenerationEvent>> {
+        loop {
+            if let Some(event) = self.output.pop() {
+                return Poll::Ready(Some(event));
+            }
+            match self.events.poll_recv(cx) {
+                Poll::Ready(Some(event)) => self.output.push(event),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     pub fn prompt_tokens(&self) -> usize {
@@ -427,7 +473,7 @@ impl futures_core::Stream for GenerationStream {
     type Item = GenerationEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.poll_recv(cx)
+        self.poll_event(cx)
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
 use crate::error::{EngineError, Result};
+use crate::generation_defaults::GenerationDefaults;
 use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::structured::GrammarCompiler;
 use crate::tokenizer::TextTokenizer;
@@ -36,6 +37,8 @@ pub struct ModelInfo {
     /// Where it was loaded from.
     pub path: PathBuf,
     pub config: ModelConfig,
+    /// Sampling values for fields a request leaves out.
+    pub generation_defaults: GenerationDefaults,
     /// Built on first use (`ember serve` asks for it right after loading):
     /// the token trie takes about a second on a 150K-token vocabulary, which
     /// `generate`, `chat` and the tests need not pay.
@@ -94,7 +97,11 @@ impl LoadedModel {
         };
         let mut eos_token_ids = model.config().eos_token_ids.clone();
         let generation_path = dir.join("generation_config.json");
+        let mut generation_defaults = GenerationDefaults::default();
         if let Some(generation) = read_json(&generation_path)? {
+            generation_defaults = GenerationDefaults::from_generation_config(&generation)
+                .validated()
+                .map_err(|e| EngineError::InvalidConfig(format!("{}: {e}", generation_path.display())))?;
             let ids = ember_model::config::token_ids(generation.get("eos_token_id")).ok_or_else(|| {
                 ModelError::InvalidConfig {
                     path: generation_path.clone(),
@@ -112,6 +119,7 @@ impl LoadedModel {
             eos_token_ids,
             path: dir.to_owned(),
             config: model.config().clone(),
+            generation_defaults,
             grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
@@ -153,6 +161,13 @@ impl LoadedModel {
             eos_token_ids: model.config().eos_token_ids.clone(),
             path: path.to_owned(),
             config: model.config().clone(),
+            // A GGUF carries no generation config; the bundled default model
+            // gets its model card's values.
+            generation_defaults: if crate::default_model::is_default_model(path) {
+                GenerationDefaults::smollm2()
+            } else {
+                GenerationDefaults::default()
+            },
             grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
@@ -177,7 +192,8 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 
 /// `chat_template` of tokenizer_config.json: a string, or a list of named
 /// templates of which `default` is used; with its `bos_token`/`eos_token`.
-fn template_from_tokenizer_config(config: &Value, path: &Path) -> Result<Option<ChatTemplate>> {
+/// `path` only names the file in errors. Public for the fuzz targets.
+pub fn template_from_tokenizer_config(config: &Value, path: &Path) -> Result<Option<ChatTemplate>> {
     let source = match config.get("chat_template") {
         Some(Value::String(s)) => s.as_str(),
         Some(Value::Array(named)) => match named

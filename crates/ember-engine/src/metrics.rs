@@ -16,7 +16,9 @@ pub struct StepReport {
     pub prefill_tokens: usize,
     /// Decode tokens in it.
     pub decode_tokens: usize,
+    /// Requests with a choice in the running batch.
     pub running: usize,
+    /// Requests waiting for admission, first or again after preemption.
     pub waiting: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
@@ -40,7 +42,9 @@ pub trait EngineObserver: Send + Sync {
 /// Counters and gauges, updated by the engine thread.
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// Requests with a choice in the running batch.
     pub running: AtomicU64,
+    /// Requests submitted and not yet admitted (the queue limit counts these).
     pub waiting: AtomicU64,
     pub kv_blocks_used: AtomicU64,
     pub kv_blocks_total: AtomicU64,

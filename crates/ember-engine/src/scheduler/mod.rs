@@ -1,180 +1,87 @@
-//! Continuous batching over a paged KV pool (DESIGN section 4).
+//! Continuous batching over a paged KV pool, in three pieces as vLLM v1
+//! splits its engine core: the `planner` decides who runs with how many
+//! tokens (admission, chunked prefill, preemption), the `runner` executes
+//! the forward pass, and this module samples, sends each request's tokens
+//! and accounts for requests. Detokenization and stop strings happen on the
+//! stream's side (`crate::output`), off the engine thread.
 //!
-//! Each step: drop cancelled requests; give every running sequence its
-//! tokens for this step (one to decode, or the next chunk of its prompt)
-//! within the token budget, preempting the newest sequence when blocks run
-//! out; admit waiting sequences while budget and blocks allow, reusing their
-//! longest cached prefix; run one forward over all of them; sample; stream.
+//! Each step: drop cancelled and stopped choices; plan; run one forward
+//! over the plan; sample; send tokens; free finished sequences.
 
-use std::collections::{HashMap, VecDeque};
+mod planner;
+mod runner;
+mod sequence;
+
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ember_model::{CausalLm, KvPool, LogitsMode, SequenceInput, Tensor};
-use tokio::sync::mpsc::UnboundedSender;
+use ember_model::SequenceInput;
 
-use crate::block_manager::{BlockManager, BlockTable, ROOT_HASH, SharedBlocks};
+use crate::block_manager::{BlockManager, ROOT_HASH, SharedBlocks};
 use crate::metrics::{self, EngineObserver, EngineStats, StepReport};
-use crate::request::{FinishReason, GenerationEvent, Usage};
-use crate::sampling::{LogitsProcessor, Sampler, TokenHistory};
-use crate::stop::{StopCheck, StopMatcher};
-use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+use crate::output::EngineEvent;
+use crate::request::FinishReason;
+use crate::sampling::LogitsProcessor;
 
-#[derive(Debug, Clone)]
-pub(crate) struct SchedulerConfig {
-    pub max_num_batched_tokens: usize,
-    pub max_num_seqs: usize,
-}
+pub(crate) use planner::SchedulerConfig;
+use planner::{Plan, Planned, Planner};
+pub(crate) use runner::{CausalLmRunner, ModelRunner, panic_message};
+pub(crate) use sequence::{Group, Sequence, SequenceStart, StopSignals};
 
-/// A request as the scheduler tracks it: its event channel and totals.
-pub(crate) struct Group {
-    pub tx: UnboundedSender<GenerationEvent>,
-    pub unfinished: usize,
-    pub usage: Usage,
-    pub arrived: Instant,
-    /// Choices after the first wait until the first has computed the
-    /// prompt, so that they find its blocks in the prefix cache.
-    pub leader_prefilled: bool,
-    /// Still counted in `EngineStats::waiting` (no choice admitted yet); the
-    /// handle counts a request there on submission.
-    pub counted_waiting: bool,
-}
-
-/// One choice of a request.
-pub(crate) struct Sequence {
-    pub group: u64,
-    pub index: usize,
-    /// Prompt followed by the output so far.
-    pub tokens: Vec<u32>,
-    pub prompt_len: usize,
-    pub max_tokens: usize,
-    pub stop_ids: Arc<[u32]>,
-    pub sampler: Sampler,
-    pub history: TokenHistory,
-    pub processor: Option<Box<dyn LogitsProcessor>>,
-    pub decoder: Option<IncrementalDecoder<Arc<TextTokenizer>>>,
-    pub stop: StopMatcher,
-    /// Tokens whose keys and values are in the pool.
-    computed: usize,
-    /// Set while admitted; dropping it frees the blocks.
-    table: Option<BlockTable>,
-    /// Prefix-cache hashes of the table's first `hashes.len()` blocks, all full.
-    hashes: Vec<u64>,
-    admitted_at: u64,
-    last_token_at: Option<Instant>,
-    finished: Option<FinishReason>,
-}
-
-impl Sequence {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        group: u64,
-        index: usize,
-        prompt: Vec<u32>,
-        max_tokens: usize,
-        stop_ids: Arc<[u32]>,
-        sampler: Sampler,
-        processor: Option<Box<dyn LogitsProcessor>>,
-        decoder: Option<IncrementalDecoder<Arc<TextTokenizer>>>,
-        stop: StopMatcher,
-    ) -> Self {
-        Self {
-            group,
-            index,
-            history: TokenHistory::new(&prompt),
-            prompt_len: prompt.len(),
-            tokens: prompt,
-            max_tokens,
-            stop_ids,
-            sampler,
-            processor,
-            decoder,
-            stop,
-            computed: 0,
-            table: None,
-            hashes: Vec::new(),
-            admitted_at: 0,
-            last_token_at: None,
-            finished: None,
-        }
-    }
-
-    fn output_len(&self) -> usize {
-        self.tokens.len() - self.prompt_len
-    }
-
-    fn block_ids(&self) -> &[u32] {
-        self.table.as_ref().map_or(&[], BlockTable::ids)
-    }
-}
-
-/// One sequence's share of a step: `len` tokens from `computed`.
-#[derive(Debug, Clone, Copy)]
-struct Planned {
-    running: usize,
-    len: usize,
-}
-
-pub(crate) struct Scheduler {
-    model: CausalLm,
-    pool: KvPool,
-    blocks: SharedBlocks,
-    config: SchedulerConfig,
-    waiting: VecDeque<Sequence>,
-    /// In admission order: the last is the first to be preempted.
-    running: Vec<Sequence>,
+pub(crate) struct Scheduler<R: ModelRunner> {
+    runner: R,
+    planner: Planner,
     groups: HashMap<u64, Group>,
     stats: Arc<EngineStats>,
     observer: Option<Arc<dyn EngineObserver>>,
-    clock: u64,
 }
 
-impl Scheduler {
+impl<R: ModelRunner> Scheduler<R> {
     pub fn new(
-        model: CausalLm,
-        num_blocks: usize,
-        block_size: usize,
+        runner: R,
         config: SchedulerConfig,
         stats: Arc<EngineStats>,
         observer: Option<Arc<dyn EngineObserver>>,
     ) -> Self {
-        let pool = model.new_pool(num_blocks, block_size);
+        let num_blocks = runner.num_blocks();
+        let blocks = SharedBlocks::new(BlockManager::new(num_blocks, runner.block_size()));
         metrics::set(&stats.kv_blocks_total, num_blocks);
         Self {
-            model,
-            pool,
-            blocks: SharedBlocks::new(BlockManager::new(num_blocks, block_size)),
-            config,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
+            runner,
+            planner: Planner::new(config, blocks),
             groups: HashMap::new(),
             stats,
             observer,
-            clock: 0,
         }
     }
 
     pub fn has_work(&self) -> bool {
-        !self.running.is_empty() || !self.waiting.is_empty()
+        !self.planner.running.is_empty() || !self.planner.waiting.is_empty()
     }
 
     pub fn add(&mut self, id: u64, group: Group, sequences: Vec<Sequence>) {
         self.groups.insert(id, group);
-        self.waiting.extend(sequences);
+        self.planner.waiting.extend(sequences);
     }
 
-    /// One scheduling step and forward pass.
-    pub fn step(&mut self) {
+    /// One scheduling step and forward pass. Returns false when it planned
+    /// nothing, so the caller waits for news instead of spinning.
+    pub fn step(&mut self) -> bool {
         let started = Instant::now();
         self.drop_cancelled();
         // Cancelled running sequences leave before the step, freeing their blocks.
         self.reap();
-        let plan = self.schedule();
-        if !plan.is_empty() {
-            match self.run_forward(&plan) {
-                Ok(rows) => self.take_outputs(&plan, rows),
-                Err(message) => self.isolate_failure(&plan, &message),
+        let groups = &self.groups;
+        let plan = self.planner.schedule(|seq| {
+            seq.index == 0 || groups.get(&seq.group).is_some_and(|g| g.leader_prefilled)
+        });
+        self.account_admissions(&plan);
+        if !plan.items.is_empty() {
+            match self.run_forward(&plan.items) {
+                Ok(rows) => self.take_outputs(&plan.items, rows),
+                Err(message) => self.isolate_failure(&plan.items, &message),
             }
         }
         self.reap();
@@ -183,20 +90,49 @@ impl Scheduler {
         if let Some(o) = &self.observer {
             o.on_step(&report, started.elapsed());
         }
+        !plan.items.is_empty() || plan.preempted > 0
     }
 
-    fn report(&self, plan: &[Planned]) -> StepReport {
-        let decode_tokens = plan.iter().filter(|p| p.len == 1).count();
+    fn account_admissions(&mut self, plan: &Plan) {
+        metrics::add(&self.stats.preemptions, plan.preempted);
+        for a in &plan.admitted {
+            if let Some(g) = self.groups.get_mut(&a.group) {
+                if a.first && a.index == 0 {
+                    g.usage.cached_tokens = a.cached_tokens;
+                }
+                if std::mem::take(&mut g.counted_waiting) {
+                    self.stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            metrics::add(&self.stats.prefix_queried_tokens, a.queried_tokens);
+            metrics::add(&self.stats.prefix_hit_tokens, a.cached_tokens);
+            if let Some(o) = &self.observer {
+                o.on_prefix_lookup(a.queried_tokens, a.cached_tokens);
+            }
+        }
+    }
+
+    /// Requests, not sequences, as vLLM counts them: a request is running
+    /// while any of its choices is, waiting until its first admission.
+    fn report(&self, plan: &Plan) -> StepReport {
+        let decode_tokens = plan.items.iter().filter(|p| p.len == 1).count();
         let (kv_blocks_used, kv_blocks_total) = {
-            let blocks = self.blocks.lock();
+            let blocks = self.planner.blocks().lock();
             (blocks.num_used(), blocks.num_blocks())
         };
+        let running: HashSet<u64> = self.planner.running.iter().map(|s| s.group).collect();
+        // Preempted requests wait again; new ones are counted from `submit` on.
+        let preempted = self
+            .groups
+            .iter()
+            .filter(|(id, g)| !g.counted_waiting && !running.contains(id))
+            .count();
         let report = StepReport {
-            batch_size: plan.len(),
-            prefill_tokens: plan.iter().map(|p| p.len).sum::<usize>() - decode_tokens,
+            batch_size: plan.items.len(),
+            prefill_tokens: plan.items.iter().map(|p| p.len).sum::<usize>() - decode_tokens,
             decode_tokens,
-            running: self.running.len(),
-            waiting: self.waiting.len(),
+            running: running.len(),
+            waiting: self.stats.waiting.load(std::sync::atomic::Ordering::Relaxed) as usize + preempted,
             kv_blocks_used,
             kv_blocks_total,
         };
@@ -206,145 +142,42 @@ impl Scheduler {
         report
     }
 
-    /// Removes every sequence whose caller dropped its stream.
+    /// Ends every sequence whose caller dropped its stream (cancelled) or
+    /// whose stream matched a stop string (stopped).
     fn drop_cancelled(&mut self) {
-        let gone: Vec<u64> = self.groups.iter().filter(|(_, g)| g.tx.is_closed()).map(|(&id, _)| id).collect();
-        for id in gone {
-            for seq in self.running.iter_mut().chain(self.waiting.iter_mut()).filter(|s| s.group == id) {
-                seq.finished = Some(FinishReason::Cancelled);
+        let groups = &mut self.groups;
+        let gone = |s: &Sequence| -> Option<FinishReason> {
+            let g = groups.get(&s.group)?;
+            if g.tx.is_closed() {
+                Some(FinishReason::Cancelled)
+            } else if g.stops.is_stopped(s.index) {
+                Some(FinishReason::Stop)
+            } else {
+                None
+            }
+        };
+        for seq in self.planner.running.iter_mut().chain(self.planner.waiting.iter_mut()) {
+            if seq.finished.is_none() {
+                seq.finished = gone(seq);
             }
         }
         // Waiting sequences have no blocks: drop them here; `reap` frees running ones.
-        let groups = &mut self.groups;
         let stats = &self.stats;
-        self.waiting.retain(|s| {
-            if s.finished.is_none() {
-                return true;
-            }
-            finish_in_group(groups, stats, s.group, 1, |_| {});
+        self.planner.waiting.retain(|s| {
+            let Some(reason) = &s.finished else { return true };
+            finish_in_group(groups, stats, s.group, reason, |_| {});
             false
         });
     }
 
-    /// Picks this step's tokens for every sequence, preempting or admitting.
-    fn schedule(&mut self) -> Vec<Planned> {
-        let bs = self.pool.block_size();
-        let mut budget = self.config.max_num_batched_tokens;
-        let mut plan = Vec::new();
-        let mut preempted = false;
-        let mut i = 0;
-        'running: while i < self.running.len() {
-            let seq = &self.running[i];
-            let len = (seq.tokens.len() - seq.computed).min(budget);
-            if len == 0 {
-                i += 1;
-                continue;
-            }
-            let needed = (seq.computed + len).div_ceil(bs);
-            while self.running[i].block_ids().len() < needed {
-                let allocated = self.blocks.lock().allocate();
-                match allocated {
-                    Some(b) => self.running[i].table.get_or_insert_with(|| self.blocks.table()).push(b),
-                    None => {
-                        let victim = self.running.len() - 1;
-                        self.preempt(victim);
-                        preempted = true;
-                        if victim == i {
-                            break 'running;
-                        }
-                    }
-                }
-            }
-            plan.push(Planned { running: i, len });
-            budget -= len;
-            i += 1;
-        }
-        if !preempted {
-            self.admit(&mut plan, &mut budget);
-        }
-        plan
-    }
-
-    /// Frees a running sequence's blocks and queues it, first, for
-    /// recomputation; its output so far and its sampler state stay.
-    fn preempt(&mut self, index: usize) {
-        let mut seq = self.running.remove(index);
-        seq.table = None;
-        seq.hashes.clear();
-        seq.computed = 0;
-        metrics::add(&self.stats.preemptions, 1);
-        self.waiting.push_front(seq);
-    }
-
-    fn admit(&mut self, plan: &mut Vec<Planned>, budget: &mut usize) {
-        let bs = self.pool.block_size();
-        let watermark = self.pool.num_blocks() / 100;
-        let mut w = 0;
-        while w < self.waiting.len() && *budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let seq = &self.waiting[w];
-            let may_start = seq.index == 0 || self.groups.get(&seq.group).is_some_and(|g| g.leader_prefilled);
-            if !may_start {
-                w += 1;
-                continue;
-            }
-            // Reuse whole cached blocks, leaving at least the last token to compute.
-            let max_blocks = (seq.tokens.len() - 1) / bs;
-            let matched = self.blocks.lock().match_prefix(&seq.tokens, max_blocks);
-            let mut table = self.blocks.table();
-            for &(b, _) in &matched {
-                table.push(b);
-            }
-            let cached = matched.len() * bs;
-            let len = (seq.tokens.len() - cached).min(*budget);
-            let needed = (cached + len).div_ceil(bs) - matched.len();
-            let available = self.blocks.lock().num_available();
-            if available < needed + watermark {
-                // Dropping the table gives the matched blocks back.
-                break;
-            }
-            let Some(mut seq) = self.waiting.remove(w) else { break };
-            let first_admission = seq.tokens.len() == seq.prompt_len;
-            for _ in 0..needed {
-                let allocated = self.blocks.lock().allocate();
-                if let Some(b) = allocated {
-                    table.push(b);
-                }
-            }
-            seq.table = Some(table);
-            seq.hashes = matched.iter().map(|m| m.1).collect();
-            seq.computed = cached;
-            self.clock += 1;
-            seq.admitted_at = self.clock;
-            if let Some(g) = self.groups.get_mut(&seq.group) {
-                if first_admission && seq.index == 0 {
-                    g.usage.cached_tokens = cached;
-                }
-                if std::mem::take(&mut g.counted_waiting) {
-                    self.stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            metrics::add(&self.stats.prefix_queried_tokens, seq.tokens.len());
-            metrics::add(&self.stats.prefix_hit_tokens, cached);
-            if let Some(o) = &self.observer {
-                o.on_prefix_lookup(seq.tokens.len(), cached);
-            }
-            self.running.push(seq);
-            plan.push(Planned {
-                running: self.running.len() - 1,
-                len,
-            });
-            *budget -= len;
-        }
-    }
-
     /// One forward over the plan; the next-token logits of every sequence
-    /// that reached its end, keyed by plan position. Panics inside Burn are
-    /// caught so that one bad step cannot take the engine thread down.
+    /// that reached its end, keyed by plan position.
     fn run_forward(&mut self, plan: &[Planned]) -> Result<HashMap<usize, Vec<f32>>, String> {
+        let running = &mut self.planner.running;
         // Only sequences whose last token gets computed sample this step.
         let sampling: Vec<usize> = (0..plan.len())
             .filter(|&k| {
-                let s = &self.running[plan[k].running];
+                let s = &running[plan[k].running];
                 s.computed + plan[k].len == s.tokens.len()
             })
             .collect();
@@ -354,10 +187,9 @@ impl Scheduler {
             .iter()
             .filter_map(|&k| {
                 let r = plan[k].running;
-                self.running[r].processor.take().map(|p| (r, p))
+                running[r].processor.take().map(|p| (r, p))
             })
             .collect();
-        let running = &self.running;
         let inputs: Vec<SequenceInput<'_>> = plan
             .iter()
             .map(|p| {
@@ -369,48 +201,30 @@ impl Scheduler {
                 }
             })
             .collect();
-        let (model, pool, observer) = (&self.model, &mut self.pool, self.observer.as_deref());
-        let logits = std::thread::scope(|scope| {
-            let helper =
-                (!lent.is_empty()).then(|| scope.spawn(|| prepare_masks(&mut lent, observer)));
-            let logits = catch_unwind(AssertUnwindSafe(|| {
-                model.forward(pool, &inputs, LogitsMode::Last)
-            }));
+        let (runner, observer) = (&mut self.runner, self.observer.as_deref());
+        let rows = std::thread::scope(|scope| {
+            let helper = (!lent.is_empty()).then(|| scope.spawn(|| prepare_masks(&mut lent, observer)));
+            let rows = runner.forward(&inputs, &sampling);
             if let Some(helper) = helper {
                 // `prepare_masks` catches panics; a failed mask shows up at sampling.
                 let _ = helper.join();
             }
-            logits
+            rows
         });
         drop(inputs);
         for (r, processor) in lent {
-            self.running[r].processor = Some(processor);
+            running[r].processor = Some(processor);
         }
-        let logits = logits
-            .map_err(|panic| panic_message(&panic))?
-            .map_err(|e| e.to_string())?;
-        if sampling.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<Tensor<2>> = sampling.iter().map(|&k| logits[k].clone()).collect();
-        let flat: Vec<f32> = catch_unwind(AssertUnwindSafe(|| Tensor::cat(rows, 0).into_data()))
-            .map_err(|panic| panic_message(&panic))?
-            .try_into_vec::<f32>()
-            .map_err(|e| format!("cannot read logits: {e:?}"))?;
-        let vocab = flat.len() / sampling.len();
-        Ok(sampling
-            .into_iter()
-            .zip(flat.chunks_exact(vocab))
-            .map(|(k, row)| (k, row.to_vec()))
-            .collect())
+        Ok(sampling.into_iter().zip(rows?).collect())
     }
 
     /// Advances every planned sequence past its computed tokens, caches its
     /// newly full blocks, and samples where logits came back.
     fn take_outputs(&mut self, plan: &[Planned], mut rows: HashMap<usize, Vec<f32>>) {
-        let bs = self.pool.block_size();
+        let bs = self.runner.block_size();
+        let blocks = self.planner.blocks().clone();
         for (k, p) in plan.iter().enumerate() {
-            let seq = &mut self.running[p.running];
+            let seq = &mut self.planner.running[p.running];
             let decoding = p.len == 1 && seq.computed >= seq.prompt_len;
             seq.computed += p.len;
             if !decoding {
@@ -420,7 +234,7 @@ impl Scheduler {
                 let b = seq.hashes.len();
                 let parent = seq.hashes.last().copied().unwrap_or(ROOT_HASH);
                 let block = seq.block_ids()[b];
-                let hash = self.blocks.lock().register_full(block, parent, &seq.tokens[b * bs..(b + 1) * bs]);
+                let hash = blocks.lock().register_full(block, parent, &seq.tokens[b * bs..(b + 1) * bs]);
                 seq.hashes.push(hash);
             }
             let Some(mut row) = rows.remove(&k) else { continue };
@@ -431,7 +245,8 @@ impl Scheduler {
             if seq.index == 0 {
                 group.leader_prefilled = true;
             }
-            let outcome = catch_unwind(AssertUnwindSafe(|| sample_and_emit(seq, group, &mut row, self.observer.as_deref())));
+            let observer = self.observer.as_deref();
+            let outcome = catch_unwind(AssertUnwindSafe(|| sample_and_send(seq, group, &mut row, observer)));
             let finish = match outcome {
                 Ok(Ok(finish)) => finish,
                 Ok(Err(message)) => Some(FinishReason::Error(message)),
@@ -447,12 +262,12 @@ impl Scheduler {
     /// A failed batch is rerun one sequence at a time, so only the sequence
     /// that fails on its own gets the error.
     fn isolate_failure(&mut self, plan: &[Planned], message: &str) {
-        if !self.pool.is_intact() {
+        if !self.runner.is_intact() {
             self.rebuild_pool();
             return;
         }
         if plan.len() == 1 {
-            self.running[plan[0].running].finished = Some(FinishReason::Error(message.to_owned()));
+            self.planner.running[plan[0].running].finished = Some(FinishReason::Error(message.to_owned()));
             return;
         }
         for &p in plan {
@@ -460,11 +275,11 @@ impl Scheduler {
             match self.run_forward(&solo) {
                 Ok(rows) => self.take_outputs(&solo, rows),
                 Err(e) => {
-                    if !self.pool.is_intact() {
+                    if !self.runner.is_intact() {
                         self.rebuild_pool();
                         return;
                     }
-                    self.running[p.running].finished = Some(FinishReason::Error(e));
+                    self.planner.running[p.running].finished = Some(FinishReason::Error(e));
                 }
             }
         }
@@ -476,58 +291,55 @@ impl Scheduler {
     /// carries on with an empty queue.
     pub fn fail_all(&mut self, message: &str) {
         let reason = FinishReason::Error(message.to_owned());
-        for seq in std::mem::take(&mut self.waiting) {
+        for seq in std::mem::take(&mut self.planner.waiting) {
             if let Some(group) = self.groups.get(&seq.group) {
-                let _ = group.tx.send(GenerationEvent::Finished {
+                let _ = group.tx.send(EngineEvent::Finished {
                     index: seq.index,
                     reason: reason.clone(),
                 });
             }
-            finish_in_group(&mut self.groups, &self.stats, seq.group, 0, |_| {});
+            finish_in_group(&mut self.groups, &self.stats, seq.group, &reason, |_| {});
         }
-        for seq in &mut self.running {
+        for seq in &mut self.planner.running {
             seq.finished = Some(reason.clone());
         }
         self.reap();
-        if !self.pool.is_intact() {
-            self.pool = self.model.new_pool(self.pool.num_blocks(), self.pool.block_size());
-            self.blocks.lock().clear_cache();
+        if !self.runner.is_intact() {
+            self.runner.reset_pool();
+            self.planner.blocks().lock().clear_cache();
         }
     }
 
     /// The pool's contents were lost inside a failed write: start over with
     /// a fresh pool; every running sequence is recomputed.
     fn rebuild_pool(&mut self) {
-        self.pool = self.model.new_pool(self.pool.num_blocks(), self.pool.block_size());
-        while !self.running.is_empty() {
-            self.preempt(self.running.len() - 1);
-        }
-        self.blocks.lock().clear_cache();
+        self.runner.reset_pool();
+        self.planner.preempt_all();
+        self.planner.blocks().lock().clear_cache();
     }
 
     /// Removes finished sequences, frees their blocks, and closes requests
     /// whose every choice is done.
     fn reap(&mut self) {
         let mut i = 0;
-        while i < self.running.len() {
-            let Some(reason) = self.running[i].finished.clone() else {
+        while i < self.planner.running.len() {
+            let Some(reason) = self.planner.running[i].finished.clone() else {
                 i += 1;
                 continue;
             };
             // Dropping the sequence (at the end of this iteration) frees its blocks.
-            let seq = self.running.remove(i);
+            let seq = self.planner.running.remove(i);
             if let Some(group) = self.groups.get_mut(&seq.group) {
                 group.leader_prefilled = true;
                 if reason != FinishReason::Cancelled {
-                    let _ = group.tx.send(GenerationEvent::Finished {
+                    let _ = group.tx.send(EngineEvent::Finished {
                         index: seq.index,
                         reason: reason.clone(),
                     });
                 }
             }
-            let cancelled = usize::from(reason == FinishReason::Cancelled);
             let observer = self.observer.as_deref();
-            finish_in_group(&mut self.groups, &self.stats, seq.group, cancelled, |group| {
+            finish_in_group(&mut self.groups, &self.stats, seq.group, &reason, |group| {
                 if let Some(o) = observer {
                     o.on_request_finished(&reason, &group.usage, group.arrived.elapsed());
                 }
@@ -543,7 +355,7 @@ fn finish_in_group(
     groups: &mut HashMap<u64, Group>,
     stats: &EngineStats,
     id: u64,
-    cancelled: usize,
+    reason: &FinishReason,
     on_finish: impl FnOnce(&Group),
 ) {
     let Some(group) = groups.get_mut(&id) else { return };
@@ -555,21 +367,18 @@ fn finish_in_group(
     if group.counted_waiting {
         stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    if group.tx.is_closed() || cancelled > 0 {
+    if group.tx.is_closed() || *reason == FinishReason::Cancelled {
         metrics::add(&stats.requests_cancelled, 1);
     } else {
         metrics::add(&stats.requests_finished, 1);
     }
     on_finish(&group);
-    let _ = group.tx.send(GenerationEvent::Done { usage: group.usage });
+    let _ = group.tx.send(EngineEvent::Done { usage: group.usage });
 }
 
 /// Computes the next-token mask of each lent processor; a panic leaves that
 /// processor to compute (and fail) again when it samples.
-fn prepare_masks(
-    lent: &mut [(usize, Box<dyn LogitsProcessor>)],
-    observer: Option<&dyn EngineObserver>,
-) {
+fn prepare_masks(lent: &mut [(usize, Box<dyn LogitsProcessor>)], observer: Option<&dyn EngineObserver>) {
     for (_, processor) in lent.iter_mut() {
         if let Ok(Some(elapsed)) = catch_unwind(AssertUnwindSafe(|| processor.prepare()))
             && let Some(o) = observer
@@ -579,9 +388,9 @@ fn prepare_masks(
     }
 }
 
-/// Samples one token for `seq`, streams what it adds, and says whether the
-/// choice is now finished.
-fn sample_and_emit(
+/// Samples one token for `seq`, sends it to the request's stream, and says
+/// whether the choice is now finished (stop id, complete grammar, length).
+fn sample_and_send(
     seq: &mut Sequence,
     group: &mut Group,
     row: &mut [f32],
@@ -603,70 +412,25 @@ fn sample_and_emit(
         }
     }
     seq.last_token_at = Some(now);
-
     let complete = match seq.processor.as_mut() {
         Some(p) => p.accept(token)?,
         None => false,
     };
-    let mut finish = None;
-    let mut text = String::new();
-    if seq.stop_ids.contains(&token) {
-        finish = Some(FinishReason::Stop);
-    } else {
-        let piece = match seq.decoder.as_mut() {
-            Some(d) => d.push(token).map_err(|e| e.to_string())?,
-            None => String::new(),
-        };
-        match seq.stop.push(&piece) {
-            StopCheck::Continue(t) => text = t,
-            StopCheck::Stopped(t) => {
-                // Whatever followed the stop string is dropped with it.
-                let _ = group.tx.send(GenerationEvent::Delta {
-                    index: seq.index,
-                    text: t,
-                    token_ids: vec![token],
-                    logprobs: sampled.logprob.into_iter().collect(),
-                });
-                return Ok(Some(FinishReason::Stop));
-            }
-        }
-    }
-    if finish.is_none() && complete {
-        finish = Some(FinishReason::Stop);
-    }
-    if finish.is_none() && seq.output_len() >= seq.max_tokens {
-        finish = Some(FinishReason::Length);
-    }
-    if finish.is_some() {
-        // Flush what was held back for an unfinished character or a
-        // possible stop string.
-        let tail = match seq.decoder.as_ref() {
-            Some(d) => d.finish().map_err(|e| e.to_string())?,
-            None => String::new(),
-        };
-        match seq.stop.push(&tail) {
-            StopCheck::Continue(t) => {
-                text.push_str(&t);
-                text.push_str(&seq.stop.finish());
-            }
-            StopCheck::Stopped(t) => text.push_str(&t),
-        }
-    }
-    let _ = group.tx.send(GenerationEvent::Delta {
+    let stop_id = seq.stop_ids.contains(&token);
+    let _ = group.tx.send(EngineEvent::Token {
         index: seq.index,
-        text,
-        token_ids: vec![token],
-        logprobs: sampled.logprob.into_iter().collect(),
+        token,
+        logprob: sampled.logprob,
+        stop_id,
     });
-    Ok(finish)
+    Ok(if stop_id || complete {
+        Some(FinishReason::Stop)
+    } else if seq.output_len() >= seq.max_tokens {
+        Some(FinishReason::Length)
+    } else {
+        None
+    })
 }
 
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("internal error in the engine: {detail}")
-}
-
+#[cfg(test)]
+mod tests;

@@ -22,9 +22,9 @@ pub struct ChatArgs {
     system: Option<String>,
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.2)]
-    temperature: f32,
+    /// 0 is greedy [default: the model's generation defaults].
+    #[arg(long)]
+    temperature: Option<f32>,
     /// Seed of the first turn (each turn adds one); random when absent.
     #[arg(long)]
     seed: Option<u64>,
@@ -34,6 +34,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let engine = EngineHandle::start(loaded, args.engine.single_sequence_config()?)?;
     let model = engine.model();
+    let defaults = model.generation_defaults.sampling();
     let (Some(tokenizer), Some(template)) = (&model.tokenizer, &model.chat_template) else {
         bail!("{}: chat needs a tokenizer and a chat template", model.path.display());
     };
@@ -83,9 +84,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
         let request = GenerationRequest {
             max_tokens: Some(args.max_tokens),
             sampling: SamplingParams {
-                temperature: args.temperature,
+                temperature: args.temperature.unwrap_or(defaults.temperature),
                 seed: Some(seed),
-                ..SamplingParams::default()
+                ..defaults.clone()
             },
             stop_token_ids: model.chat_stop_ids(),
             ..GenerationRequest::new(prompt)

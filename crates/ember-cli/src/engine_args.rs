@@ -3,7 +3,7 @@
 //! serve` lays them over its config file's `[engine]` table.
 
 use anyhow::Result;
-use ember_engine::EngineConfig;
+use ember_engine::{EngineConfig, GenerationDefaults};
 use ember_gateway::config::EngineSection;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +29,16 @@ pub struct EngineArgs {
     /// Cap on prompt + output tokens [default: the model's window].
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// Server-wide sampling defaults laid over the model's
+    /// generation_config.json, as JSON: '{"temperature": 0.2, "top_p": 0.9}'
+    /// (keys: temperature, top_p, top_k, min_p, repetition_penalty). A
+    /// request's own fields always win.
+    #[arg(long, value_parser = parse_generation_override)]
+    pub override_generation_config: Option<GenerationDefaults>,
+}
+
+fn parse_generation_override(json: &str) -> Result<GenerationDefaults, String> {
+    GenerationDefaults::parse_override(json).map_err(|e| e.to_string())
 }
 
 impl EngineArgs {
@@ -41,6 +51,10 @@ impl EngineArgs {
         s.max_num_seqs = self.max_num_seqs.or(s.max_num_seqs);
         s.max_queue_len = self.max_queue_len.or(s.max_queue_len);
         s.max_model_len = self.max_model_len.or(s.max_model_len);
+        s.override_generation_config = match (s.override_generation_config, self.override_generation_config) {
+            (Some(file), Some(flag)) => Some(file.overlay(flag)),
+            (file, flag) => flag.or(file),
+        };
     }
 
     pub fn config(&self) -> Result<EngineConfig> {

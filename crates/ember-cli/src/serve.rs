@@ -132,6 +132,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let app_state = state.clone();
         let mut server = HttpServer::new(move || App::new().configure(ember_gateway::configure(app_state.clone())))
+            // A client that closes its sending side has hung up, as uvicorn
+            // (and so vLLM) treats it: actix's default keeps a half-closed
+            // connection's handler running, so a queued or non-streamed
+            // request would still be prefilled and generated for nobody.
+            .h1_allow_half_closed(false)
             .shutdown_timeout(shutdown)
             .disable_signals()
             .bind((host.as_str(), port))

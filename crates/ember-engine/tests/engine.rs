@@ -66,14 +66,23 @@ fn run_together(engine: &EngineHandle, requests: Vec<GenerationRequest>) -> anyh
         .collect()
 }
 
-/// Same tokens, and logprobs of the same alternatives within tolerance.
+/// Same tokens, and logprobs of the same alternatives within tolerance. Both
+/// completions must be finished and carry a logprob per token (every request
+/// compared here asks for them), so the comparison is never vacuous.
 fn assert_same_output(label: &str, got: &Completion, want: &Completion) {
+    assert!(got.usage.is_some() && want.usage.is_some(), "{label}: unfinished request");
+    assert!(!want.choices.is_empty(), "{label}: no choices");
     assert_eq!(got.choices.len(), want.choices.len(), "{label}");
     for (g, w) in got.choices.iter().zip(&want.choices) {
+        assert!(!w.token_ids.is_empty(), "{label}: no tokens");
         assert_eq!(g.token_ids, w.token_ids, "{label}: tokens");
         assert_eq!(g.finish_reason, w.finish_reason, "{label}: finish reason");
+        assert_eq!(g.logprobs.len(), g.token_ids.len(), "{label}: a logprob per token");
+        assert_eq!(w.logprobs.len(), w.token_ids.len(), "{label}: a logprob per token");
         for (gl, wl) in g.logprobs.iter().zip(&w.logprobs) {
+            assert_eq!(gl.token, wl.token, "{label}: logprob token");
             assert!((gl.logprob - wl.logprob).abs() < 1e-4, "{label}: {} vs {}", gl.logprob, wl.logprob);
+            assert_eq!(gl.top.len(), wl.top.len(), "{label}: top logprobs");
             for ((gt, gv), (wt, wv)) in gl.top.iter().zip(&wl.top) {
                 assert_eq!(gt, wt, "{label}: top logprob token");
                 assert!((gv - wv).abs() < 1e-4, "{label}: top logprob {gv} vs {wv}");
@@ -139,6 +148,7 @@ fn a_batch_of_eight_mixed_requests_gives_each_its_solo_output() -> TestResult {
             },
         )?;
         let batched = run_together(&batched_engine, mixed_requests())?;
+        assert_eq!(batched.len(), solo.len(), "{name}");
         for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
             assert_same_output(&format!("{name} request {i}"), b, s);
             assert_eq!(b.choices[0].token_ids.len(), 12 + i);
@@ -171,6 +181,7 @@ fn preemption_under_memory_pressure_loses_nothing() -> TestResult {
     // Room for about two of the six sequences at full length.
     let tight = engine("qwen3-tiny", config(160))?;
     let batched = run_together(&tight, requests)?;
+    assert_eq!(batched.len(), solo.len());
     for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
         assert_same_output(&format!("request {i}"), b, s);
     }
@@ -340,6 +351,20 @@ fn eos_and_stop_ids_end_a_choice() -> TestResult {
     let stopped = run_alone(&engine, request)?;
     assert_eq!(stopped.choices[0].token_ids, free.choices[0].token_ids[..3]);
     assert_eq!(stopped.choices[0].finish_reason, Some(FinishReason::Stop));
+
+    // The model's eos id (511 in the fixture's config.json) ends a choice
+    // unless `ignore_eos`: force it as the second token of a longer answer.
+    let eos = *engine.model().eos_token_ids.first().ok_or_else(|| anyhow::anyhow!("no eos id"))?;
+    let ended = run_alone(
+        &engine,
+        GenerationRequest {
+            ignore_eos: false,
+            logits_processor: Some(Arc::new(ForceFactory(vec![5, eos, 6, 7]))),
+            ..greedy(prompt(10, 4), 8)
+        },
+    )?;
+    assert_eq!(ended.choices[0].token_ids, vec![5, eos]);
+    assert_eq!(ended.choices[0].finish_reason, Some(FinishReason::Stop));
     Ok(())
 }
 
@@ -427,6 +452,20 @@ fn a_full_queue_and_an_oversized_request_are_refused() -> TestResult {
     ] {
         assert!(engine.submit(bad).is_err());
     }
+    // Each refused for its own reason.
+    assert!(matches!(engine.submit(GenerationRequest::new(Vec::new())), Err(EngineError::EmptyPrompt)));
+    let field = |request: GenerationRequest| match engine.submit(request) {
+        Err(EngineError::InvalidParameter { field, .. }) => field,
+        other => panic!("expected an invalid parameter, got {:?}", other.err()),
+    };
+    assert_eq!(field(GenerationRequest::new(vec![512])), "prompt");
+    assert_eq!(field(GenerationRequest { n: 0, ..greedy(prompt(3, 1), 2) }), "n");
+    assert_eq!(field(GenerationRequest { max_tokens: Some(0), ..greedy(prompt(3, 1), 2) }), "max_tokens");
+    let bad_top_p = GenerationRequest {
+        sampling: SamplingParams { top_p: 2.0, ..SamplingParams::default() },
+        ..GenerationRequest::new(prompt(3, 1))
+    };
+    assert_eq!(field(bad_top_p), "top_p");
     Ok(())
 }
 
@@ -493,5 +532,38 @@ fn a_failing_request_does_not_poison_its_batch() -> TestResult {
     assert!(matches!(&failed.finish_reason, Some(FinishReason::Error(m)) if m.contains("grammar engine failed")));
     assert!(matches!(&out[9].choices[0].finish_reason, Some(FinishReason::Error(m)) if m.contains("processor bug")));
     eventually("all blocks freed", || engine.stats().kv_blocks_used == 0);
+    Ok(())
+}
+
+/// Sampling defaults come from the model's generation_config.json, with the
+/// engine's overrides laid over them key by key; a bad value is an error
+/// naming the file.
+#[test]
+fn generation_config_gives_the_sampling_defaults() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("qwen3-tiny").join(file), dir.path().join(file))?;
+    }
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"do_sample": true, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "eos_token_id": 511}"#,
+    )?;
+    let loaded = LoadedModel::open(dir.path(), &Device::flex(), DType::F32)?;
+    let d = loaded.info.generation_defaults;
+    assert_eq!((d.temperature, d.top_p, d.top_k, d.min_p), (Some(0.7), Some(0.8), Some(20), None));
+    let overrides = ember_engine::GenerationDefaults::parse_override(r#"{"top_p": 0.5}"#)?;
+    let engine = EngineHandle::start(
+        loaded,
+        EngineConfig {
+            generation_overrides: overrides,
+            ..config(256)
+        },
+    )?;
+    let p = engine.model().generation_defaults.sampling();
+    assert_eq!((p.temperature, p.top_p, p.top_k), (0.7, 0.5, 20));
+
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"temperature": -3}"#)?;
+    let bad = LoadedModel::open(dir.path(), &Device::flex(), DType::F32).err().map(|e| e.to_string());
+    assert!(bad.as_deref().is_some_and(|m| m.contains("generation_config.json") && m.contains("temperature")), "{bad:?}");
     Ok(())
 }

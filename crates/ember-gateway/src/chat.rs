@@ -4,14 +4,15 @@
 
 use actix_web::{HttpResponse, web};
 use ember_engine::{
-    ChatTemplate, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, RenderOptions, TextTokenizer, TokenLogprob,
+    ChatTemplate, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, ModelInfo, RenderOptions, TextTokenizer,
+    TokenLogprob,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, ChatLogprobs, ChatMessage, MessageContent, TokenLogprobJson, TopLogprob};
-use crate::params::{encode, generation_request, parse_body, reject_present, streaming};
+use crate::params::{LengthFields, generation_request, off_workers, parse_body, reject_present, streaming, submit};
 use crate::response_format::content_schema;
 use crate::state::{AppState, fingerprint, random_id, unix_time};
 use crate::streams::{Frame, collect, merge, sse_body, sse_event, sse_response};
@@ -42,12 +43,15 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     let schema = content_schema(req.response_format.as_ref())?;
 
     let model = engine.model();
-    let (Some(tokenizer), Some(template)) = (model.tokenizer.clone(), model.chat_template.as_ref()) else {
+    let Some(tokenizer) = model.tokenizer.clone().filter(|_| model.chat_template.is_some()) else {
         return Err(ApiError::bad_request(
             "this model has no tokenizer or chat template; use /v1/completions with token ids",
         ));
     };
-    let rendered = render_chat(template, &req.messages, state.limits.max_messages, tools.as_ref(), true)?;
+    let prompt = {
+        let (engine, messages, tools, limit) = (engine.clone(), req.messages, tools.clone(), state.limits.max_messages);
+        off_workers(move || chat_prompt(engine.model(), &messages, limit, tools.as_ref(), true)).await?
+    };
     let grammar = match (&tools, &schema) {
         (Some(tools), schema) => Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref())?),
         (None, Some(schema)) => Some(Grammar::JsonSchema(schema.clone())),
@@ -57,7 +61,6 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         Some(grammar) => Some(compile(&engine, grammar, tools.clone(), schema.is_some()).await?),
         None => None,
     };
-    let prompt = encode(tokenizer.clone(), rendered, false).await?;
 
     let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
         (Some(m), _) => Some(("max_completion_tokens", m)),
@@ -68,6 +71,7 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     let request = generation_request(
         prompt,
         &sampling,
+        &model.generation_defaults,
         max_tokens,
         logprobs,
         req.top_logprobs.map(|k| ("top_logprobs", k)),
@@ -77,8 +81,12 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         logits_processor: constraint,
         ..request
     };
+    let fields = LengthFields {
+        prompt: "messages",
+        max_tokens: max_tokens.map_or("max_tokens", |(name, _)| name),
+    };
     let n = request.n;
-    let events = engine.submit(request)?;
+    let events = submit(&engine, request, fields).await?;
     let items = merge(vec![events], n, state.limits.request_timeout);
     let head = Head {
         id: random_id("chatcmpl"),
@@ -127,6 +135,22 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
         "choices": choices,
         "usage": crate::openai::Usage::from(usage),
     })))
+}
+
+/// A conversation's prompt tokens through the model's own chat template
+/// (blocking: call it off the async workers).
+pub(crate) fn chat_prompt(
+    model: &ModelInfo,
+    messages: &[ChatMessage],
+    max_messages: usize,
+    tools: Option<&Tools>,
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let (Some(tokenizer), Some(template)) = (&model.tokenizer, &model.chat_template) else {
+        return Err(ApiError::bad_request("this model has no tokenizer or chat template"));
+    };
+    let rendered = render_chat(template, messages, max_messages, tools, add_generation_prompt)?;
+    Ok(tokenizer.encode(&rendered, false)?)
 }
 
 /// A conversation's prompt text through the model's own template. A

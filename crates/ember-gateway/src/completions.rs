@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, PromptField};
-use crate::params::{encode_all, generation_request, parse_body, reject_present, streaming};
+use crate::params::{LengthFields, encode_all, generation_request, parse_body, reject_present, streaming, submit};
 use crate::state::{AppState, fingerprint, random_id, unix_time};
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 
@@ -38,6 +38,7 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
         let request = generation_request(
             prompt,
             &sampling,
+            &engine.model().generation_defaults,
             Some(("max_tokens", max_tokens)),
             logprobs,
             req.logprobs.map(|k| ("logprobs", k)),
@@ -45,7 +46,11 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
         )?;
         n = request.n;
         // Dropping earlier streams on error cancels them.
-        streams.push(engine.submit(request)?);
+        let fields = LengthFields {
+            prompt: "prompt",
+            max_tokens: "max_tokens",
+        };
+        streams.push(submit(&engine, request, fields).await?);
     }
     let items = merge(streams, n, state.limits.request_timeout);
     let (id, created, model) = (random_id("cmpl"), unix_time(), state.model_name.clone());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_engine::{EngineConfig, EngineError, EngineObserver};
+use ember_engine::{EngineConfig, EngineError, EngineObserver, GenerationDefaults};
 use serde::Deserialize;
 
 use crate::state::Limits;
@@ -93,6 +93,9 @@ pub struct EngineSection {
     pub max_num_seqs: Option<usize>,
     pub max_queue_len: Option<usize>,
     pub max_model_len: Option<usize>,
+    /// Sampling defaults laid over the model's `generation_config.json`,
+    /// e.g. `override_generation_config = { temperature = 0.2 }`.
+    pub override_generation_config: Option<GenerationDefaults>,
 }
 
 impl ServerSection {
@@ -120,6 +123,7 @@ impl EngineSection {
             max_num_seqs: self.max_num_seqs.unwrap_or(d.max_num_seqs),
             max_queue_len: self.max_queue_len.unwrap_or(d.max_queue_len),
             max_model_len: self.max_model_len,
+            generation_overrides: self.override_generation_config.unwrap_or_default(),
             observer,
         })
     }
@@ -168,6 +172,13 @@ mod tests {
         assert!(typo.as_ref().is_err_and(|e| e.to_string().contains("prot")), "{typo:?}");
         let wrong = ServeConfig::from_toml("[server]\nport = \"eighty\"\n", path);
         assert!(wrong.is_err());
+        let overrides = ServeConfig::from_toml("[engine]\noverride_generation_config = { temperature = 0.5 }\n", path);
+        assert_eq!(
+            overrides.ok().and_then(|c| c.engine.override_generation_config).and_then(|g| g.temperature),
+            Some(0.5)
+        );
+        let typo = ServeConfig::from_toml("[engine]\noverride_generation_config = { temprature = 0.5 }\n", path);
+        assert!(typo.is_err());
         let empty = ServeConfig::from_toml("", path);
         assert_eq!(empty.ok(), Some(ServeConfig::default()));
     }

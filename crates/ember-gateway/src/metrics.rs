@@ -60,7 +60,7 @@ impl GatewayMetrics {
                 "Time to compute one constrained sequence's next-token mask.",
                 vec![1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1],
             )?,
-            running: register(&r, IntGauge::new("ember:num_requests_running", "Sequences in the running batch.")?)?,
+            running: register(&r, IntGauge::new("ember:num_requests_running", "Requests with a choice in the running batch.")?)?,
             waiting: register(&r, IntGauge::new("ember:num_requests_waiting", "Requests waiting for admission.")?)?,
             kv_usage: register(&r, Gauge::new("ember:kv_cache_usage_perc", "Fraction of KV blocks in use (0-1).")?)?,
             prefix_queries: register(&r, IntCounter::new("ember:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.")?)?,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 use ember_engine::engine::MAX_N;
-use ember_engine::{GenerationRequest, SamplingParams, TextTokenizer};
+use ember_engine::{EngineError, EngineHandle, GenerationDefaults, GenerationRequest, GenerationStream, SamplingParams, TextTokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -37,22 +37,63 @@ fn deserialize<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
     })
 }
 
-/// Tokenizes texts off the async workers: a long document takes a while,
-/// and the workers must keep streaming other requests meanwhile.
+/// Runs `work` on actix's blocking pool: tokenizing a long document or
+/// rendering a long conversation takes a while, and the async workers must
+/// keep streaming other requests meanwhile.
+pub async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work).await.map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// Tokenizes texts off the async workers.
 pub async fn encode_all(
     tokenizer: Arc<TextTokenizer>,
     texts: Vec<String>,
     add_special_tokens: bool,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
-    let encoded = web::block(move || {
-        texts
+    off_workers(move || {
+        Ok(texts
             .iter()
             .map(|t| tokenizer.encode(t, add_special_tokens))
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, _>>()?)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(encoded?)
+}
+
+/// Which request fields a context-length error names.
+#[derive(Debug, Clone, Copy)]
+pub struct LengthFields {
+    /// `messages` or `prompt`.
+    pub prompt: &'static str,
+    /// `max_tokens` or `max_completion_tokens`.
+    pub max_tokens: &'static str,
+}
+
+/// Queues a request off the async workers (submitting sorts the prompt and
+/// copies each choice's grammar matcher). A request over the window names
+/// the prompt when the prompt alone fills it, else the output limit.
+pub async fn submit(
+    engine: &EngineHandle,
+    request: GenerationRequest,
+    fields: LengthFields,
+) -> Result<GenerationStream, ApiError> {
+    let engine = engine.clone();
+    off_workers(move || {
+        engine.submit(request).map_err(|e| match e {
+            EngineError::ContextLength {
+                prompt, max_model_len, ..
+            } => {
+                let field = if prompt >= max_model_len { fields.prompt } else { fields.max_tokens };
+                ApiError {
+                    param: Some(field.into()),
+                    ..ApiError::from(e)
+                }
+            }
+            other => other.into(),
+        })
+    })
+    .await
 }
 
 /// One text, as `encode_all`.
@@ -68,10 +109,13 @@ pub fn reject_present(fields: &[(&str, bool, &str)]) -> Result<(), ApiError> {
     }
 }
 
-/// Builds the engine request for `prompt` from the shared sampling fields.
+/// Builds the engine request for `prompt` from the shared sampling fields;
+/// fields the request leaves out take the model's `defaults`.
+#[allow(clippy::too_many_arguments)]
 pub fn generation_request(
     prompt: Vec<u32>,
     fields: &SamplingFields,
+    defaults: &GenerationDefaults,
     max_tokens: Option<(&str, i64)>,
     logprobs: bool,
     top_logprobs: Option<(&str, i64)>,
@@ -87,8 +131,10 @@ pub fn generation_request(
         Some((_, m)) if m >= 1 => Some(m as usize),
         Some((name, m)) => return Err(ApiError::invalid(name, format!("`{name}` must be at least 1, got {m}"))),
     };
+    let defaults = defaults.apply(SamplingParams::default());
     let top_k = match fields.top_k {
-        None | Some(-1) | Some(0) => 0,
+        None => defaults.top_k,
+        Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
         Some(k) => return Err(ApiError::invalid("top_k", format!("top_k must be -1 (off) or positive, got {k}"))),
     };
@@ -112,7 +158,6 @@ pub fn generation_request(
     }
     let mut stop_ids = stop_token_ids;
     stop_ids.extend(fields.stop_token_ids.iter().flatten());
-    let defaults = SamplingParams::default();
     Ok(GenerationRequest {
         max_tokens,
         sampling: SamplingParams {

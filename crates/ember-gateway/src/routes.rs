@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::chat::render_chat;
 use crate::error::ApiError;
 use crate::openai::{ChatMessage, KnownFields};
-use crate::params::{encode, generation_request, parse_body};
+use crate::params::{LengthFields, encode, generation_request, off_workers, parse_body, submit};
 use crate::state::AppState;
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 use crate::tools::Tools;
@@ -37,6 +37,7 @@ pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Res
     let request = generation_request(
         prompt,
         &sampling,
+        &engine.model().generation_defaults,
         Some(("max_tokens", req.max_tokens.unwrap_or(128))),
         false,
         None,
@@ -45,7 +46,11 @@ pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Res
     if request.n != 1 {
         return Err(ApiError::invalid("n", "/generate returns one text; use /v1/completions for n > 1"));
     }
-    let items = merge(vec![engine.submit(request)?], 1, state.limits.request_timeout);
+    let fields = LengthFields {
+        prompt: "prompt",
+        max_tokens: "max_tokens",
+    };
+    let items = merge(vec![submit(&engine, request, fields).await?], 1, state.limits.request_timeout);
     if sampling.stream.unwrap_or(false) {
         let body = sse_body(items, |frame| match frame {
             Frame::Delta { text, .. } if text.is_empty() => None,
@@ -91,32 +96,31 @@ impl KnownFields for TokenizeRequest {
 
 pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let (req, _): (TokenizeRequest, _) = parse_body(body)?;
-    let engine = state.engine()?;
+    let engine = state.engine()?.clone();
     if let Some(model) = &req.model {
         state.check_model(model)?;
     }
-    let info = engine.model();
-    let tokenizer = info.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
-    let tokens = match (req.prompt, req.messages) {
-        (Some(prompt), None) => tokenizer.encode(&prompt, req.add_special_tokens.unwrap_or(true))?,
-        (None, Some(messages)) => {
-            let template = info
-                .chat_template
-                .as_ref()
-                .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
-            let tools = Tools::from_request(req.tools.as_ref(), None, None)?;
-            let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-            let rendered = render_chat(
-                template,
-                &messages,
-                state.limits.max_messages,
-                tools.as_ref(),
-                add_generation_prompt,
-            )?;
-            tokenizer.encode(&rendered, req.add_special_tokens.unwrap_or(false))?
+    let max_messages = state.limits.max_messages;
+    let tokens = off_workers(move || {
+        let info = engine.model();
+        let tokenizer = info.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+        match (req.prompt, req.messages) {
+            (Some(prompt), None) => Ok(tokenizer.encode(&prompt, req.add_special_tokens.unwrap_or(true))?),
+            (None, Some(messages)) => {
+                let template = info
+                    .chat_template
+                    .as_ref()
+                    .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+                let tools = Tools::from_request(req.tools.as_ref(), None, None)?;
+                let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+                let rendered = render_chat(template, &messages, max_messages, tools.as_ref(), add_generation_prompt)?;
+                Ok(tokenizer.encode(&rendered, req.add_special_tokens.unwrap_or(false))?)
+            }
+            _ => Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),
         }
-        _ => return Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),
-    };
+    })
+    .await?;
+    let engine = state.engine()?;
     Ok(HttpResponse::Ok().json(json!({
         "count": tokens.len(),
         "max_model_len": engine.info().max_model_len,
@@ -148,7 +152,9 @@ pub async fn detokenize(state: web::Data<AppState>, body: web::Json<Value>) -> R
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid("tokens", format!("token id {bad} is outside the vocabulary (size {vocab})")));
     }
-    Ok(HttpResponse::Ok().json(json!({"prompt": tokenizer.decode(&req.tokens)?})))
+    let tokenizer = tokenizer.clone();
+    let text = off_workers(move || Ok(tokenizer.decode(&req.tokens)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({"prompt": text})))
 }
 
 fn model_card(state: &AppState) -> Value {

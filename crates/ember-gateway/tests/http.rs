@@ -25,6 +25,7 @@ async fn chat_completion_has_the_openai_shape() -> anyhow::Result<()> {
     assert!(body["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
     assert_eq!(body["model"], MODEL);
     assert!(body["created"].is_u64() && body["system_fingerprint"].is_string());
+    assert_eq!(body["choices"].as_array().map(Vec::len), Some(1), "{body}");
     let choice = &body["choices"][0];
     assert_eq!(choice["message"]["role"], "assistant");
     assert!(choice["message"]["content"].is_string());
@@ -38,7 +39,8 @@ async fn chat_completion_has_the_openai_shape() -> anyhow::Result<()> {
     assert_eq!(lps[0]["top_logprobs"].as_array().map(Vec::len), Some(2));
 
     // The same conversation again is served from the prefix cache, with the same answer.
-    let (_, again) = call(&app, post("/v1/chat/completions", chat(json!({"logprobs": true, "top_logprobs": 2})))).await;
+    let (status, again) = call(&app, post("/v1/chat/completions", chat(json!({"logprobs": true, "top_logprobs": 2})))).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
     assert!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) > 0);
     assert_eq!(again["choices"][0]["message"], choice["message"]);
     Ok(())
@@ -48,7 +50,9 @@ async fn chat_completion_has_the_openai_shape() -> anyhow::Result<()> {
 async fn streaming_sends_role_deltas_finish_usage_and_done() -> anyhow::Result<()> {
     let s = server()?;
     let app = app!(s);
-    let (_, whole) = call(&app, post("/v1/chat/completions", chat(json!({"n": 2, "seed": 7, "temperature": 1.0})))).await;
+    let (status, whole) = call(&app, post("/v1/chat/completions", chat(json!({"n": 2, "seed": 7, "temperature": 1.0})))).await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    assert_eq!(whole["choices"].as_array().map(Vec::len), Some(2), "{whole}");
     let req = post(
         "/v1/chat/completions",
         chat(json!({"stream": true, "stream_options": {"include_usage": true}, "n": 2, "seed": 7, "temperature": 1.0})),
@@ -60,7 +64,7 @@ async fn streaming_sends_role_deltas_finish_usage_and_done() -> anyhow::Result<(
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e)).collect::<Result<_, _>>()?;
     let mut texts = [String::new(), String::new()];
-    let mut finishes = 0;
+    let mut finishes = [Value::Null, Value::Null];
     for (i, c) in chunks.iter().enumerate() {
         assert_eq!(c["object"], "chat.completion.chunk");
         let last = i == chunks.len() - 1;
@@ -78,11 +82,15 @@ async fn streaming_sends_role_deltas_finish_usage_and_done() -> anyhow::Result<(
         if let Some(t) = choice["delta"]["content"].as_str() {
             texts[index].push_str(t);
         }
-        finishes += usize::from(choice["finish_reason"].is_string());
+        if choice["finish_reason"].is_string() {
+            assert!(finishes[index].is_null(), "choice {index} finished twice: {c}");
+            finishes[index] = choice["finish_reason"].clone();
+        }
     }
-    assert_eq!(finishes, 2);
-    // Same seed, same choices as the non-streamed request.
+    // Same seed, same choices as the non-streamed request; each finished once.
     for i in 0..2 {
+        assert!(finishes[i].is_string(), "choice {i} never finished");
+        assert_eq!(whole["choices"][i]["finish_reason"], finishes[i], "choice {i}");
         assert_eq!(whole["choices"][i]["message"]["content"], texts[i].as_str(), "choice {i}");
     }
     Ok(())
@@ -119,16 +127,25 @@ async fn completions_models_generate_and_tokenize() -> anyhow::Result<()> {
     assert_eq!(status, StatusCode::OK, "{generated}");
     assert!(generated["text"].is_string());
     let resp = test::call_service(&app, post("/generate", json!({"prompt": "hello", "max_tokens": 4, "stream": true})).to_request()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
     let events = sse_events(&test::read_body(resp).await);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(events.len() > 1, "no text event before [DONE]: {events:?}");
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event)?;
+        assert!(chunk["text"].is_string(), "{chunk}");
+    }
 
     let (status, tokens) = call(&app, post("/tokenize", json!({"prompt": "hello world"}))).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let ids = tokens["tokens"].clone();
+    assert!(ids.as_array().is_some_and(|ids| !ids.is_empty()), "{tokens}");
     assert_eq!(tokens["count"], ids.as_array().map_or(0, Vec::len));
-    let (_, text) = call(&app, post("/detokenize", json!({"tokens": ids}))).await;
+    let (status, text) = call(&app, post("/detokenize", json!({"tokens": ids}))).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(text["prompt"], "hello world");
-    let (_, chat_tokens) = call(&app, post("/tokenize", json!({"messages": [{"role": "user", "content": "hi"}]}))).await;
+    let (status, chat_tokens) = call(&app, post("/tokenize", json!({"messages": [{"role": "user", "content": "hi"}]}))).await;
+    assert_eq!(status, StatusCode::OK, "{chat_tokens}");
     assert!(chat_tokens["count"].as_u64().is_some_and(|n| n > 3));
     Ok(())
 }
@@ -161,7 +178,7 @@ async fn bad_requests_get_openai_errors_naming_the_problem() -> anyhow::Result<(
         (
             chat(json!({"max_tokens": 100000})),
             StatusCode::BAD_REQUEST,
-            Some("messages"),
+            Some("max_tokens"),
         ),
         (
             chat(json!({"top_logprobs": 3})),
@@ -293,7 +310,7 @@ async fn a_dropped_stream_is_cancelled_in_the_engine() -> anyhow::Result<()> {
     // Read a little of the stream, then hang up.
     let mut body = resp.into_body();
     let first = futures_util::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
-    assert!(first.is_some());
+    assert!(matches!(first, Some(Ok(_))), "the stream gave no first chunk");
     drop(body);
     let engine = s.state.engine()?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -313,7 +330,8 @@ async fn a_dropped_stream_is_cancelled_in_the_engine() -> anyhow::Result<()> {
 async fn metrics_use_vllm_style_names() -> anyhow::Result<()> {
     let s = server()?;
     let app = app!(s);
-    call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    let (status, body) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let resp = test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
     let text = String::from_utf8(test::read_body(resp).await.to_vec())?;
     for name in [
@@ -331,5 +349,112 @@ async fn metrics_use_vllm_style_names() -> anyhow::Result<()> {
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
+    Ok(())
+}
+
+/// Regression: `temperature: 1e-40` overflowed every logit and the request
+/// ended in a 500 ("index out of bounds" in sampling). Extreme but valid
+/// numbers must give a 200.
+#[actix_web::test]
+async fn extreme_sampling_numbers_are_answered_not_crashed() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let (status, greedy) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    assert_eq!(status, StatusCode::OK, "{greedy}");
+    let (status, tiny) = call(&app, post("/v1/chat/completions", chat(json!({"temperature": 1e-40})))).await;
+    assert_eq!(status, StatusCode::OK, "{tiny}");
+    assert_eq!(tiny["choices"][0]["message"], greedy["choices"][0]["message"], "a subnormal temperature is greedy");
+    for extra in [
+        json!({"temperature": 1e30, "top_p": 1e-30}),
+        json!({"repetition_penalty": 1e-40, "temperature": 0.5}),
+        json!({"repetition_penalty": 3.0e38, "min_p": 1e-40, "top_k": 9_223_372_036_854_775_807i64}),
+        json!({"seed": -9_223_372_036_854_775_808i64, "temperature": 1.0, "logprobs": true, "top_logprobs": 20}),
+    ] {
+        let (status, body) = call(&app, post("/v1/chat/completions", chat(extra.clone()))).await;
+        assert_eq!(status, StatusCode::OK, "{extra}: {body}");
+        let lps = body["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default();
+        // Where logprobs were asked for there must be some, or `all` checks nothing.
+        assert_eq!(!lps.is_empty(), extra["logprobs"] == true, "{extra}: {body}");
+        assert!(lps.iter().all(|lp| lp["logprob"].is_number()), "{extra}: {body}");
+    }
+    for (extra, field) in [
+        (json!({"temperature": 1e39}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"n": 0}), "n"),
+        (json!({"max_tokens": -1}), "max_tokens"),
+        (json!({"top_k": -2}), "top_k"),
+    ] {
+        let (status, body) = call(&app, post("/v1/chat/completions", chat(extra))).await;
+        assert_openai_error(status, &body, StatusCode::BAD_REQUEST, Some(field));
+    }
+    Ok(())
+}
+
+/// The context-length error names the field at fault on every route: the
+/// prompt when it alone fills the window, else the output limit.
+#[actix_web::test]
+async fn a_context_length_error_names_the_field_at_fault() -> anyhow::Result<()> {
+    let s = server()?;
+    let app = app!(s);
+    let cases = [
+        ("/v1/chat/completions", chat(json!({"max_tokens": 10_000})), "max_tokens"),
+        ("/v1/chat/completions", chat(json!({"max_completion_tokens": 10_000})), "max_completion_tokens"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]})),
+            "messages",
+        ),
+        ("/v1/completions", json!({"model": MODEL, "prompt": vec![1; 300], "max_tokens": 1}), "prompt"),
+        ("/v1/completions", json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 10_000}), "max_tokens"),
+        ("/generate", json!({"prompt": "hello", "max_tokens": 10_000}), "max_tokens"),
+        ("/generate", json!({"prompt": "hello ".repeat(400), "max_tokens": 1}), "prompt"),
+    ];
+    for (route, body, field) in cases {
+        let (status, got) = call(&app, post(route, body)).await;
+        assert_openai_error(status, &got, StatusCode::BAD_REQUEST, Some(field));
+        assert_eq!(got["error"]["code"], "context_length_exceeded", "{route}: {got}");
+    }
+    Ok(())
+}
+
+/// Fields a request leaves out take the server's sampling defaults (here a
+/// greedy override); its own fields win.
+#[actix_web::test]
+async fn omitted_sampling_fields_take_the_server_defaults() -> anyhow::Result<()> {
+    let greedy = ember_engine::GenerationDefaults {
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let s = server_with(
+        Vec::new(),
+        Limits::default(),
+        EngineConfig {
+            generation_overrides: greedy,
+            ..small_engine()
+        },
+    )?;
+    let app = app!(s);
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8});
+    let (status, first) = call(&app, post("/v1/chat/completions", body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, second) = call(&app, post("/v1/chat/completions", body)).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let (status, explicit) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    assert_eq!(status, StatusCode::OK, "{explicit}");
+    assert!(first["choices"][0]["message"]["content"].is_string(), "{first}");
+    assert_eq!(first["choices"][0]["message"], second["choices"][0]["message"]);
+    assert_eq!(first["choices"][0]["message"], explicit["choices"][0]["message"]);
+    // The request's own temperature wins: seeded draws at temperature 1 differ by seed.
+    let hot: Vec<Value> = (0..3)
+        .map(|seed| chat(json!({"temperature": 1.0, "seed": seed, "max_tokens": 16})))
+        .collect();
+    let mut answers = Vec::new();
+    for body in hot {
+        let (status, got) = call(&app, post("/v1/chat/completions", body)).await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        answers.push(got["choices"][0]["message"]["content"].clone());
+    }
+    answers.dedup();
+    assert!(answers.len() > 1, "temperature 1 with different seeds gave one answer: {answers:?}");
     Ok(())
 }

@@ -44,7 +44,11 @@ def outcome(case):
     r = httpx.post(f"{URL}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
                    timeout=600)
     if r.status_code == 400:
-        return {"outcome": "rejected", "detail": r.json()["error"]["message"]}
+        error = r.json()["error"]
+        # Only a refusal of the schema itself counts; any other 400 (a
+        # context-length error, a malformed request) is a failure.
+        assert error["param"] == "response_format.json_schema.schema", (case["id"], error)
+        return {"outcome": "rejected", "detail": error["message"]}
     r.raise_for_status()
     choice = r.json()["choices"][0]
     text = choice["message"]["content"]

@@ -104,18 +104,31 @@ def test_none_never_calls(server):
 
 def test_auto_gives_text_or_valid_calls(server):
     r = create(server, tools=TOOLS, tool_choice="auto", max_tokens=60, n=3, temperature=1.0, seed=4)
+    assert [c.index for c in r.choices] == [0, 1, 2]
     for choice in r.choices:
-        if choice.message.tool_calls:
+        calls = choice.message.tool_calls
+        if calls and choice.finish_reason == "length":
+            # Cut off by max_tokens: every call but the last is whole, and the
+            # last names a declared tool.
+            for call in calls[:-1]:
+                check_call(call)
+            assert calls[-1].id.startswith("call_") and calls[-1].function.name in ("get_weather", "get_time")
+        elif calls:
             assert choice.finish_reason == "tool_calls"
-            for call in choice.message.tool_calls:
+            for call in calls:
                 check_call(call)
         else:
-            assert "<tool_call>" not in (choice.message.content or "")
+            assert isinstance(choice.message.content, str)
+            assert "<tool_call>" not in choice.message.content
+            assert choice.finish_reason in ("stop", "length")
 
 
 def test_single_call_when_parallel_calls_are_off(server):
     r = create(server, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=3)
-    assert len(r.choices[0].message.tool_calls) == 1
+    assert r.choices[0].finish_reason == "tool_calls"
+    calls = r.choices[0].message.tool_calls
+    assert len(calls) == 1
+    check_call(calls[0])
 
 
 def test_streamed_tool_call_deltas_accumulate(server):
@@ -137,6 +150,7 @@ def test_streamed_tool_call_deltas_accumulate(server):
                 calls[d.index]["arguments"] += d.function.arguments or ""
     assert finish == "tool_calls"
     want = whole.choices[0].message.tool_calls
+    assert want and calls, (want, calls)
     assert [(c["name"], c["arguments"]) for _, c in sorted(calls.items())] == [
         (w.function.name, w.function.arguments) for w in want
     ]

@@ -78,18 +78,22 @@ fn text_prompt_is_tokenized_and_answer_decoded() -> anyhow::Result<()> {
     let case = &reference.tokenizer[1];
     let out = ember(&[
         "generate", "--model", dir.to_str().unwrap_or_default(),
-        "--prompt", &case.text, "--max-tokens", "5", "--json",
+        "--prompt", &case.text, "--max-tokens", "5", "--temperature", "0", "--json",
     ])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout)?;
     let parsed: GenerateJson = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
     assert_eq!(parsed.prompt_ids, case.ids);
     assert!(!parsed.token_ids.is_empty() && parsed.token_ids.len() <= 5);
-    assert!(parsed.text.is_some());
+    let text = parsed.text.ok_or_else(|| anyhow::anyhow!("no text although the model has a tokenizer"))?;
 
-    // Without --json the answer streams as text and the run still succeeds.
-    let out = ember(&["generate", "--model", dir.to_str().unwrap_or_default(), "--prompt", &case.text, "--max-tokens", "5"])?;
-    assert!(out.status.success());
+    // Without --json the same greedy answer streams as text, then a newline.
+    let out = ember(&[
+        "generate", "--model", dir.to_str().unwrap_or_default(),
+        "--prompt", &case.text, "--max-tokens", "5", "--temperature", "0",
+    ])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout)?, format!("{text}\n"));
     Ok(())
 }
 

@@ -43,6 +43,7 @@ fn qwen3_templates_render_like_hugging_face() -> anyhow::Result<()> {
         let file = cache_dir().join("qwen3").join(&template.file);
         anyhow::ensure!(file.is_file(), "{} is missing: run scripts/fetch-qwen3-templates.sh", file.display());
         let compiled = ChatTemplate::new(&std::fs::read_to_string(&file)?, "", "<|im_end|>")?;
+        assert!(!template.cases.is_empty(), "{}: no reference cases", template.file);
         for case in &template.cases {
             let rendered = compiled.render(RenderOptions {
                 messages: &case.messages,

@@ -59,7 +59,10 @@ fn constrained(engine: &EngineHandle, grammar: &Grammar, n: usize, seed: u64) ->
         logits_processor: Some(compiled.into_factory()),
         ..GenerationRequest::new(prompt)
     };
-    Ok(engine.submit(request)?.collect_blocking())
+    let completion = engine.submit(request)?.collect_blocking();
+    // Every choice is then checked by `outputs`; none may be missing.
+    assert_eq!(completion.choices.len(), n, "{completion:?}");
+    Ok(completion)
 }
 
 fn outputs(completion: &Completion) -> anyhow::Result<Vec<Value>> {
@@ -188,7 +191,9 @@ fn constrained_and_free_requests_share_a_batch() -> TestResult {
         })?);
     }
     let results: Vec<Completion> = streams.into_iter().map(|s| s.collect_blocking()).collect();
+    assert_eq!(results.len(), 6);
     for (s, pair) in results.chunks(2).enumerate() {
+        assert_eq!(alone[s].choices[0].token_ids.len(), 24, "free request {s} ran to max_tokens");
         assert_eq!(
             pair[0].choices[0].token_ids, alone[s].choices[0].token_ids,
             "free request {s} changed"

@@ -418,6 +418,7 @@ mod tests {
             );
             assert_eq!(calls[1].1, "get_time");
             assert_eq!(calls[1].2, "{}");
+            assert_eq!(parsed.len(), calls.len(), "size {size}");
             for ((id, name, arguments), p) in calls.iter().zip(&parsed) {
                 assert_eq!((id, name, arguments), (&p.id, &p.name, &p.arguments));
                 assert!(id.starts_with("call_") && id.len() == 29, "{id}");
@@ -446,6 +447,13 @@ mod tests {
     fn whole_output_parse_matches() {
         let (content, calls) = parse_all(TWO_CALLS);
         assert_eq!(content.as_deref(), Some("Let me check."));
+        // The same calls the streaming path rebuilds from its events.
+        let (_, streamed, _) = stream(TWO_CALLS, 5);
+        let names_and_arguments = |c: &ParsedCall| (c.name.clone(), c.arguments.clone());
+        assert_eq!(
+            calls.iter().map(names_and_arguments).collect::<Vec<_>>(),
+            streamed.into_iter().map(|(_, name, arguments)| (name, arguments)).collect::<Vec<_>>()
+        );
         assert_eq!(calls.len(), 2);
         let (content, calls) =
             parse_all("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": [1, 2]}}\n</tool_call>");
@@ -469,8 +477,11 @@ mod tests {
 
     #[test]
     fn cut_off_call_keeps_what_was_written() {
-        let (_, calls, _) = stream("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"city\": \"Pa", 3);
+        let (content, calls, parsed) = stream("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"city\": \"Pa", 3);
+        assert_eq!(content, "");
         assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].2, "{\"city\": \"Pa");
+        assert_eq!((calls[0].1.as_str(), calls[0].2.as_str()), ("f", "{\"city\": \"Pa"));
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].arguments, calls[0].2);
     }
 }

@@ -460,7 +460,9 @@ mod tests {
     /// tag token stays whole.
     fn refused(tools: &Tools, tool_tokens: bool, pieces: &[&str]) -> Option<String> {
         let tokenizer = tokenizer(tool_tokens);
-        let end = tokenizer.token_id("<|im_end|>").into_iter().collect::<Vec<_>>();
+        // Without an end token `<end>` would be fed as nothing, and every
+        // answer would look accepted.
+        let end = vec![tokenizer.token_id("<|im_end|>").unwrap_or_else(|| panic!("no <|im_end|> in the fixture"))];
         let compiler = GrammarCompiler::new(&tokenizer, 512, &end).unwrap_or_else(|e| panic!("{e}"));
         let grammar = tools.grammar(&Tags::for_tokenizer(&tokenizer), None).unwrap_or_else(|e| panic!("{e:?}"));
         let compiled = compiler
@@ -474,8 +476,9 @@ mod tests {
             let ids = if *piece == "<end>" {
                 end.clone()
             } else {
-                tokenizer.encode(piece, false).unwrap_or_default()
+                tokenizer.encode(piece, false).unwrap_or_else(|e| panic!("{piece}: {e}"))
             };
+            assert!(!ids.is_empty(), "{piece:?} encodes to no token, so nothing would be checked");
             for id in ids {
                 if complete && *piece == "<end>" {
                     return None;
@@ -648,7 +651,9 @@ mod tests {
 
     #[test]
     fn hermes_rewrite_matches_qwen3_layout() {
-        let tools = Tools::from_request(Some(&weather()), None, None).ok().flatten();
+        let tools = Tools::from_request(Some(&weather()), None, None)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .unwrap_or_else(|| panic!("tools were declared"));
         let messages = vec![
             json!({"role": "user", "content": "Weather in Paris and Rome?"}),
             json!({"role": "assistant", "content": "", "tool_calls": [
@@ -657,7 +662,7 @@ mod tests {
             json!({"role": "tool", "tool_call_id": "call_1", "content": "18C"}),
             json!({"role": "tool", "tool_call_id": "call_2", "content": "24C"}),
         ];
-        let out = hermes_messages(&messages, tools.as_ref());
+        let out = hermes_messages(&messages, Some(&tools));
         assert_eq!(out.len(), 4);
         assert_eq!(out[0]["role"], "system");
         let system = out[0]["content"].as_str().unwrap_or_default();

@@ -107,8 +107,9 @@ impl KvPool {
 }
 
 /// The cache of one sequence on its own: a private pool whose blocks are
-/// used in order, doubled when full. For `ember generate`-style single
-/// sequences and tests; the serving engine shares one `KvPool` instead.
+/// used in order, doubled when full. For tests and one-off scoring
+/// (`CausalLm::logits`); the engine, and so every `ember` command, shares
+/// one `KvPool` instead.
 pub struct KvCache {
     pool: KvPool,
     len: usize,

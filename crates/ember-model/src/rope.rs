@@ -324,6 +324,7 @@ mod tests {
     fn default_frequencies_are_theta_powers() {
         let (inv, att) = config(RopeScaling::Default).inv_freq(1);
         let expected = [1.0, 0.1, 0.01, 0.001];
+        assert_eq!(inv.len(), expected.len());
         for (a, b) in inv.iter().zip(expected) {
             assert!((a - b).abs() < 1e-12);
         }

@@ -1,7 +1,7 @@
 //! The seam between weight files and the network: a [`WeightSource`] hands
 //! out host tensors by checkpoint key (Hugging Face names), and [`Loader`]
-//! puts them on the device in the chosen dtype. Safetensors implements it
-//! today; GGUF (which renames and dequantizes) plugs in the same way.
+//! puts them on the device in the chosen dtype. Safetensors and GGUF (which
+//! renames, and dequantizes every tensor to f32) both implement it.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 

@@ -18,8 +18,9 @@ struct Case {
 }
 
 fn hex(s: &str) -> Vec<u8> {
+    assert!(s.len().is_multiple_of(2), "odd hex length {}", s.len());
     (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or_else(|e| panic!("bad hex at {}: {e}", 2 * i)))
         .collect()
 }
 
@@ -40,6 +41,7 @@ fn dequantization_matches_the_gguf_package_block_by_block() -> anyhow::Result<()
     ];
     for (name, ggml_type) in types {
         let case = cases.get(name).ok_or_else(|| anyhow::anyhow!("no {name} case"))?;
+        assert!(!case.values.is_empty(), "{name}: empty case");
         let mut got = Vec::new();
         dequantize(ggml_type, &hex(&case.bytes), &mut got);
         assert_eq!(got.len(), case.values.len(), "{name}");
@@ -224,9 +226,20 @@ fn gguf_matches_safetensors(fixture: &str, gguf: &str, tolerance: f32) -> anyhow
     let prompt: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
     let want: Vec<f32> = reference.logits(&prompt)?.into_data().try_to_vec()?;
     let got: Vec<f32> = model.logits(&prompt)?.into_data().try_to_vec()?;
-    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    assert_eq!(got.len(), want.len(), "{gguf}: logits shape");
+    assert_eq!(want.len(), prompt.len() * config_vocab(&root, fixture)?, "{gguf}: a row per position");
+    // NaN counts as infinitely wrong (`f32::max` would skip it).
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, |worst, d| if d.is_nan() { f32::INFINITY } else { worst.max(d) });
     assert!(worst <= tolerance, "{gguf}: max |diff| {worst} > {tolerance}");
     Ok(worst)
+}
+
+fn config_vocab(root: &std::path::Path, fixture: &str) -> anyhow::Result<usize> {
+    Ok(ember_model::ModelConfig::from_file(&root.join(fixture).join("config.json"))?.vocab_size)
 }
 
 #[test]

@@ -101,9 +101,12 @@ fn step(model: &CausalLm, cache: &mut KvCache, tokens: &[u32], mode: LogitsMode)
 fn full_recompute_matches(name: &str) -> anyhow::Result<()> {
     let (model, r) = load(name)?;
     let got = rows(model.logits(&r.short.prompt)?)?;
+    assert_eq!(got.len(), r.short.prompt.len(), "{name}: a row per position");
+    assert_eq!(r.short.logits.len(), r.short.prompt.len(), "{name}: reference rows");
     for (i, (g, e)) in got.iter().zip(&r.short.logits).enumerate() {
         assert_close(&format!("{name} short position {i}"), g, e);
     }
+    assert!(!r.long.is_empty(), "{name}: no long references");
     for long in &r.long {
         let got = rows(model.logits(&long.prompt)?)?;
         let last = got.last().ok_or_else(|| anyhow::anyhow!("no rows"))?;
@@ -207,6 +210,7 @@ fn batched_sequences_in_a_shared_pool_match_their_solo_logits() -> anyhow::Resul
     ];
     let out = model.forward(&mut pool, &prefill, LogitsMode::All)?;
     let got_b = rows(out.into_iter().nth(1).ok_or_else(|| anyhow::anyhow!("missing b"))?)?;
+    assert_eq!(got_b.len(), last_b, "batched prefill of b: a row per token");
     for (i, row) in got_b.iter().enumerate() {
         assert_close(&format!("batched prefill of b, position {i}"), row, &r.short.logits[i]);
     }
@@ -249,6 +253,11 @@ fn reduced_precision_stays_near_reference() -> anyhow::Result<()> {
         }
         let model = CausalLm::from_dir(&dir, &device, dtype)?;
         let got = rows(model.logits(&reference.short.prompt)?)?;
+        assert_eq!(got.len(), reference.short.logits.len(), "{dtype:?}: a row per position");
+        assert!(
+            got.iter().zip(&reference.short.logits).all(|(g, e)| g.len() == e.len()),
+            "{dtype:?}: row widths"
+        );
         let worst = got
             .iter()
             .flatten()
@@ -293,6 +302,8 @@ fn sharded_checkpoint_matches_single_file() -> anyhow::Result<()> {
     let sharded = CausalLm::from_dir(dir.path(), &test_device(), DType::F32)?;
     let want = rows(single.logits(&reference.short.prompt)?)?;
     let got = rows(sharded.logits(&reference.short.prompt)?)?;
+    assert_eq!(want.len(), reference.short.prompt.len());
+    assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert_close("sharded", g, w);
     }

@@ -132,10 +132,11 @@ pub fn post(path: &str, body: Value) -> test::TestRequest {
 
 pub fn chat(extra: Value) -> Value {
     let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, "temperature": 0});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
+    let Value::Object(extra) = extra else {
+        panic!("extra request fields must be a JSON object, got {extra}");
+    };
+    for (k, v) in extra {
+        body[k] = v;
     }
     body
 }

@@ -95,11 +95,14 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
-    // Known to OpenAI, not (yet) to Ember: present means a 400 naming it.
+    // Supported: kept as raw JSON and checked by `Tools::from_request` and
+    // `response_format::content_schema`, so an error names the exact path.
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<Value>,
     pub response_format: Option<Value>,
+    // Known to OpenAI, not implemented by Ember: present means a 400 naming
+    // it (except `store: false`, which asks for nothing).
     pub logit_bias: Option<Value>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,

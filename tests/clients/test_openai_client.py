@@ -88,7 +88,7 @@ def test_stop_sequences_are_not_emitted(client):
 def test_logprobs(client):
     r = ask(client, "Say hello.", logprobs=True, top_logprobs=3, max_tokens=5)
     content = r.choices[0].logprobs.content
-    assert len(content) == r.usage.completion_tokens
+    assert content and len(content) == r.usage.completion_tokens
     for tok in content:
         assert tok.logprob <= 0 and len(tok.top_logprobs) == 3
         assert tok.top_logprobs[0].logprob >= tok.top_logprobs[-1].logprob
@@ -149,3 +149,21 @@ def test_generate_with_curl():
     health = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{BASE_URL}/health"],
                             capture_output=True, text=True)
     assert health.stdout == "200"
+
+
+def test_the_readme_example_answers_paris_most_of_the_time():
+    """The README's first request, as a new user sends it: no sampling
+    fields, so the default model's sampling defaults apply (temperature 0.2,
+    top_p 0.5). At temperature 1 over the whole vocabulary it rambled
+    ("Balia (-is-lām) is the translation of the word Laurel...")."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 32}
+    answers = []
+    for _ in range(8):
+        out = subprocess.run(
+            ["curl", "-sf", f"{BASE_URL}/v1/chat/completions", "-H", f"Authorization: Bearer {API_KEY}",
+             "-H", "Content-Type: application/json", "-d", json.dumps(body)],
+            check=True, capture_output=True, text=True,
+        )
+        answers.append(json.loads(out.stdout)["choices"][0]["message"]["content"])
+    assert sum("Paris" in a for a in answers) >= 6, answers

@@ -6,12 +6,15 @@
 #      software Vulkan driver (slow kernel compilation: tiny models only);
 #   3. the official `openai` Python SDK and curl against a running
 #      `ember serve` on the default model (scripts/client-tests.sh);
-#   4. a type-check of the `cuda` feature (its LLVM bundle cannot be
+#   4. the short reliability suite (docs/RELIABILITY.md): a soak with
+#      hang-ups and preemption, malformed bodies on every route, drain on
+#      SIGTERM and restart after SIGKILL;
+#   5. a type-check of the `cuda` feature (its LLVM bundle cannot be
 #      downloaded here; DOCS_RS=1 makes the bundler skip the download).
 # Steps 1 and 2 share one build: the workspace is compiled once with the wgpu
 # features on (the tests still default to the flex device), so Burn is not
 # compiled twice with two feature sets.
-# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 4 locally.
+# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 5 locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
@@ -38,6 +41,12 @@ fi
 
 step "client tests against ember serve"
 scripts/client-tests.sh "${CARGO_TARGET_DIR:-target}/release/ember"
+
+step "reliability, short runs"
+for script in "soak.py --quick" "malformed_http.py --quick" "drain.py"; do
+  # shellcheck disable=SC2086
+  python3 scripts/$script --ember "${CARGO_TARGET_DIR:-target}/release/ember"
+done
 
 if [ "${EMBER_SKIP_CUDA_CHECK:-0}" != 1 ]; then
   step "type-check --features cuda"

@@ -1,0 +1,651 @@
+#!/usr/bin/env python3
+"""Malformed-request test: generated bad bodies against every POST route.
+
+Hundreds of bad (and borderline) bodies per route, sent over raw sockets to
+one `ember serve`.
+
+Why: Ember's invariant is that everything a client can get wrong is an
+OpenAI-shaped 4xx naming the field, and that nothing a client sends can
+panic the server. This throws wrong types, missing and unknown fields, huge,
+negative and subnormal numbers (temperature 1e-40), NaN/Infinity literals,
+deep nesting, invalid UTF-8 bytes, bodies over the 4 MiB limit (with a
+Content-Length and chunked), odd roles and content parts, broken tools and
+JSON schemas, huge max_tokens, n = 0/1000, ... at
+
+    POST /v1/chat/completions, /v1/completions, /generate, /tokenize, /detokenize
+
+The bodies come from a seeded generator (--seed), so a run is repeatable.
+Bodies that may succeed keep max_tokens at 8 or less (the server also runs
+with --max-model-len 256), so the run is quick. Pass: every answer is a 4xx
+in OpenAI's error shape (JSON with error.message and error.type) or a valid
+200 (a JSON answer of the route's shape, or an event stream with no error
+event that ends with [DONE]); no 5xx, no dropped connection, no hang; the
+server still answers a normal request at the end and its log has no panic.
+Each failing body is printed (truncated) and saved whole, with a curl line
+to replay it, under the run's directory.
+
+    scripts/malformed_http.py [--ember PATH] [--count 300] [--seed 0]
+    scripts/malformed_http.py --quick      # CI: 80 bodies per route, 8 at a time (~20 s)
+
+Standard library only; talks to 127.0.0.1 only.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import reliability_common as rc
+from reliability_common import MODEL, ProtocolError
+
+BODY_LIMIT = 4 << 20  # crates/ember-gateway/src/config.rs: max_body_bytes
+ROUTES = ["/v1/chat/completions", "/v1/completions", "/generate", "/tokenize", "/detokenize"]
+
+
+# --------------------------------------------------------------------------
+# JSON with holes: raw byte snippets (NaN, 1e999, invalid UTF-8) inside values
+
+
+class Raw:
+    """Bytes spliced verbatim into an encoded body."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __repr__(self):
+        return f"Raw({self.data[:40]!r})"
+
+
+def encode(v) -> bytes:
+    if isinstance(v, Raw):
+        return v.data
+    if isinstance(v, dict):
+        return b"{" + b",".join(encode(str(k)) + b":" + encode(x) for k, x in v.items()) + b"}"
+    if isinstance(v, (list, tuple)):
+        return b"[" + b",".join(encode(x) for x in v) + b"]"
+    return json.dumps(v, allow_nan=True).encode()
+
+
+def nested(depth: int, leaf=1, key=None):
+    """`depth` levels of lists (or of {key: ...} objects) around `leaf`."""
+    v = leaf
+    for _ in range(depth):
+        v = {key: v} if key else [v]
+    return v
+
+
+BAD_UTF8 = [b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"abc\xe2\x82", b"\x80", b"\xf8\x88\x80\x80\x80"]
+
+# Values any field may get.
+ODD_VALUES = [
+    None, True, False, 0, -1, 1, 2**31, 2**32, 2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30, -(10**30),
+    1.5, -0.0, 1e-40, 1e-45, 5e-324, 1e-300, 3.5e38, 1e39, 1e308, "", "abc", "1", "NaN", "\u0000", "\ud800",
+    "\U0001F600" * 3, [], [1], [None], {}, {"a": 1}, "x" * 100_000,
+    Raw(b"NaN"), Raw(b"Infinity"), Raw(b"-Infinity"), Raw(b"nan"), Raw(b"1e999"), Raw(b"-1e999"), Raw(b"01"),
+    Raw(b"1."), Raw(b".5"), Raw(b"+1"), Raw(b"0x10"), Raw(b"-0"), Raw(b"1E+2"), Raw(b'"\\ud800\\udc00"'),
+    Raw(b'"\\uZZZZ"'), Raw(b'"\xff\xfe"'), Raw(b"undefined"), Raw(b"'single'"),
+]
+
+# Values float sampling fields always get (the known trouble makers).
+FLOAT_MUST = [1e-40, 1e-45, 5e-324, 1e-38, 1e39, -1e-40, Raw(b"NaN"), Raw(b"Infinity"), Raw(b"1e999"), -0.0]
+INT_MUST = [0, -1, 1000, 2**63, 2**64, 10**10, 1.5]
+
+FLOAT_FIELDS = ["temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"]
+SAMPLING = FLOAT_FIELDS + ["top_k", "n", "stop", "seed", "stream", "stream_options", "user", "ignore_eos", "stop_token_ids"]
+
+BASES = {
+    "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    "/v1/completions": {"model": MODEL, "prompt": "Hello", "max_tokens": 4},
+    "/generate": {"prompt": "Hello", "max_tokens": 4},
+    "/tokenize": {"prompt": "Hello"},
+    "/detokenize": {"tokens": [1, 2, 3]},
+}
+
+FIELDS = {
+    "/v1/chat/completions": ["model", "messages", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
+                             "tools", "tool_choice", "parallel_tool_calls", "response_format", *SAMPLING],
+    "/v1/completions": ["model", "prompt", "max_tokens", "logprobs", "echo", "suffix", "best_of", *SAMPLING],
+    "/generate": ["prompt", "max_tokens", *SAMPLING],
+    "/tokenize": ["model", "prompt", "messages", "tools", "add_special_tokens", "add_generation_prompt"],
+    "/detokenize": ["model", "tokens"],
+}
+
+
+@dataclass
+class Case:
+    route: str
+    label: str
+    body: bytes
+    content_type: str | None = "application/json"
+    chunked: bool = False
+    must: bool = False  # preferred when fewer bodies than the pool are asked for
+    slow: bool = False  # many seconds of generation: left out of --quick runs
+    method: str = "POST"
+
+
+def with_fields(route, **changes):
+    body = dict(BASES[route])
+    for k, v in changes.items():
+        if v is DROP:
+            body.pop(k, None)
+        else:
+            body[k] = v
+    return body
+
+
+DROP = object()
+
+
+def case(route, label, obj, must=False) -> Case:
+    return Case(route, label, encode(obj), must=must)
+
+
+# --------------------------------------------------------------------------
+# Generators
+
+
+def structural_cases(route) -> list[Case]:
+    """Bodies that are not a JSON object, or barely."""
+    base = encode(BASES[route])
+    raw = [
+        ("empty body", b""), ("null", b"null"), ("array", b"[]"), ("number", b"5"), ("string", b'"hi"'),
+        ("truncated", base[: len(base) // 2]), ("trailing garbage", base + b"xyz"), ("two objects", base + base),
+        ("BOM", b"\xef\xbb\xbf" + base), ("comment", b"/* c */" + base), ("single quotes", base.replace(b'"', b"'")),
+        ("NaN top level", b"NaN"), ("unquoted keys", b"{model: 1}"), ("duplicate keys", base[:-1] + b',"model":"' + MODEL.encode() + b'"}'),
+        ("nul bytes", b"\x00" * 64), ("whitespace only", b" \n\t "),
+        ("deep list 100000", b"[" * 100_000 + b"]" * 100_000), ("deep object 5000", b'{"a":' * 5000 + b"1" + b"}" * 5000),
+    ]
+    cases = [Case(route, f"structure: {label}", body, must=label.startswith("deep")) for label, body in raw]
+    for i, bad in enumerate(BAD_UTF8):
+        in_value = base.replace(b"Hi", bad).replace(b"Hello", bad)
+        if in_value == base:  # no string in the base body: add one
+            in_value = base[:-1] + b',"model":"' + bad + b'"}'
+        cases.append(Case(route, f"invalid UTF-8 #{i} in a value", in_value, must=i < 2))
+        cases.append(Case(route, f"invalid UTF-8 #{i} in a key", base[:-1] + b',"' + bad + b'":1}'))
+    cases.append(Case(route, "invalid UTF-8 as the whole body", bytes(range(128, 256))))
+    return cases
+
+
+def http_cases(route) -> list[Case]:
+    """Content types, chunked bodies, bodies over the server's limit."""
+    base = encode(BASES[route])
+    big = encode(with_fields(route, prompt="x " * (BODY_LIMIT // 2 + 1000))) if route != "/v1/chat/completions" else \
+        encode(with_fields(route, messages=[{"role": "user", "content": "x " * (BODY_LIMIT // 2 + 1000)}]))
+    return [
+        Case(route, "http: no Content-Type", base, content_type=None),
+        Case(route, "http: text/plain", base, content_type="text/plain"),
+        Case(route, "http: form", b"a=1&b=2", content_type="application/x-www-form-urlencoded"),
+        Case(route, "http: json; charset=latin-1", base, content_type="application/json; charset=latin-1"),
+        Case(route, "http: chunked body", base, chunked=True),
+        Case(route, f"http: {len(big)} bytes with Content-Length (limit {BODY_LIMIT})", big, must=True),
+        Case(route, f"http: {len(big)} bytes chunked (limit {BODY_LIMIT})", big, chunked=True, must=True),
+        Case(route, "http: GET with a body", base, method="GET"),
+        Case(route, "http: PUT", base, method="PUT"),
+    ]
+
+
+def field_cases(route, rng: random.Random) -> list[Case]:
+    """One field at a time: missing, and every odd value; the must-values for sampling floats."""
+    cases = []
+    for f in FIELDS[route]:
+        if f in BASES[route]:
+            cases.append(case(route, f"missing {f}", with_fields(route, **{f: DROP}), must=True))
+            # /generate's default is 128 tokens: seconds of decoding.
+            cases[-1].slow = route == "/generate" and f == "max_tokens"
+        for v in ODD_VALUES:
+            cases.append(case(route, f"{f} = {short(v)}", with_fields(route, **{f: v})))
+        if f in FLOAT_FIELDS:
+            cases += [case(route, f"{f} = {short(v)}", with_fields(route, **{f: v}), must=True) for v in FLOAT_MUST]
+        if f in ("n", "top_k", "max_tokens", "max_completion_tokens", "top_logprobs", "logprobs", "best_of", "seed"):
+            cases += [case(route, f"{f} = {short(v)}", with_fields(route, **{f: v}), must=f in ("n", "max_tokens")) for v in INT_MUST]
+    cases.append(case(route, "unknown field", with_fields(route, frobnicate=1), must=True))
+    return cases
+
+
+def combo_cases(route, rng: random.Random, count: int) -> list[Case]:
+    """Random bodies changing 2 to 4 fields at once."""
+    cases = []
+    for i in range(count):
+        changes = {f: rng.choice(ODD_VALUES + FLOAT_MUST) for f in rng.sample(FIELDS[route], min(len(FIELDS[route]), rng.randint(2, 4)))}
+        cases.append(case(route, "combo " + ", ".join(f"{k}={short(v)}" for k, v in changes.items()), with_fields(route, **changes)))
+    return cases
+
+
+MESSAGE_CASES = [
+    ("no messages", []), ("messages null", None), ("messages a string", "hi"), ("empty message", [{}]),
+    ("no content", [{"role": "user"}]), ("content null", [{"role": "user", "content": None}]),
+    ("role function", [{"role": "function", "content": "x"}]), ("role empty", [{"role": "", "content": "x"}]),
+    ("role USER", [{"role": "USER", "content": "x"}]), ("role a number", [{"role": 5, "content": "x"}]),
+    ("role null", [{"role": None, "content": "x"}]), ("role with space", [{"role": "user ", "content": "x"}]),
+    ("tool without tool_call_id", [{"role": "tool", "content": "x"}]),
+    ("tool with tool_call_id", [{"role": "user", "content": "x"}, {"role": "tool", "content": "42", "tool_call_id": "c1"}]),
+    ("user with tool_calls", [{"role": "user", "content": "x", "tool_calls": []}]),
+    ("tool_calls a string", [{"role": "assistant", "tool_calls": "x"}, {"role": "user", "content": "x"}]),
+    ("tool_calls [1]", [{"role": "assistant", "tool_calls": [1]}, {"role": "user", "content": "x"}]),
+    ("tool_calls no name", [{"role": "assistant", "tool_calls": [{"function": {}}]}]),
+    ("tool_calls name 5", [{"role": "assistant", "tool_calls": [{"function": {"name": 5}}]}]),
+    ("tool_calls bad arguments", [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]),
+    ("tool_calls arguments 5", [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": 5}}]}]),
+    ("tool_calls arguments object", [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}, {"role": "user", "content": "x"}]),
+    ("parts empty", [{"role": "user", "content": []}]), ("part without text", [{"role": "user", "content": [{"type": "text"}]}]),
+    ("part text 5", [{"role": "user", "content": [{"type": "text", "text": 5}]}]),
+    ("image part", [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]),
+    ("audio part", [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]),
+    ("part without type", [{"role": "user", "content": [{"text": "hi"}]}]),
+    ("part extra key", [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {}}]}]),
+    ("parts nested", [{"role": "user", "content": [[{"type": "text", "text": "hi"}]]}]),
+    ("content 5", [{"role": "user", "content": 5}]), ("content object", [{"role": "user", "content": {"a": 1}}]),
+    ("message unknown key", [{"role": "user", "content": "x", "foo": 1}]), ("name 5", [{"role": "user", "content": "x", "name": 5}]),
+    ("1025 messages", [{"role": "user", "content": "x"}] * 1025),
+    ("long content (context)", [{"role": "user", "content": "word " * 20000}]),
+    ("only assistant", [{"role": "assistant", "content": "x"}]), ("only system", [{"role": "system", "content": "x"}]),
+    ("developer", [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "x"}]),
+    ("refusal replay", [{"role": "assistant", "content": None, "refusal": "no"}, {"role": "user", "content": "x"}]),
+    ("messages deep", nested(200)),
+]
+
+FN = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+TOOL_CASES = [
+    ("tools a string", "x"), ("tools empty", []), ("tool empty", [{}]), ("tool without function", [{"type": "function"}]),
+    ("function empty", [{"type": "function", "function": {}}]), ("function name only", [{"type": "function", "function": {"name": "f"}}]),
+    ("parameters 5", [{"type": "function", "function": {"name": "f", "parameters": 5}}]),
+    ("parameters bogus type", [{"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}]),
+    ("parameters recursive $ref", [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}}}]),
+    ("parameters dangling $ref", [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/nowhere"}}}]),
+    ("parameters bad regex", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "pattern": "(["}}}}}]),
+    ("parameters deep", [{"type": "function", "function": {"name": "f", "parameters": nested(100, {"type": "object"}, "properties")}}]),
+    ("name with spaces", [{"type": "function", "function": {**FN, "name": "get weather!"}}]),
+    ("duplicate names", [{"type": "function", "function": FN}] * 2),
+    ("500 tools", [{"type": "function", "function": {**FN, "name": f"f{i}"}} for i in range(500)]),
+    ("type retrieval", [{"type": "retrieval"}]), ("valid tool", [{"type": "function", "function": FN}]),
+    ("huge enum", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"enum": list(range(5000))}}}}}]),
+]
+TOOL_CHOICE_CASES = ["required", "none", "auto", "bogus", 5, {"type": "function"}, {"type": "function", "function": {"name": "missing"}},
+                     {"type": "function", "function": {"name": "get_weather"}}, {"type": "bogus", "function": {"name": "get_weather"}}]
+
+
+def schema_format(schema, name="x", **extra):
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, **extra}}
+
+
+RESPONSE_FORMATS = [
+    ("text", {"type": "text"}), ("json_object", {"type": "json_object"}), ("type yaml", {"type": "yaml"}), ("a string", "json"),
+    ("json_object extra key", {"type": "json_object", "schema": {}}), ("json_schema missing", {"type": "json_schema"}),
+    ("no name", {"type": "json_schema", "json_schema": {"schema": {}}}), ("bad name", schema_format({}, name="bad name!")),
+    ("65-char name", schema_format({}, name="n" * 65)), ("strict yes", schema_format({}, strict="yes")),
+    ("unknown key", {"type": "json_schema", "json_schema": {"name": "x", "shema": {}}}),
+    ("schema 5", schema_format(5)), ("schema false", schema_format(False)), ("schema true", schema_format(True)),
+    ("schema list", schema_format([])), ("bogus type", schema_format({"type": "bogus"})),
+    ("dangling $ref", schema_format({"$ref": "#/nope"})),
+    ("recursive $ref", schema_format({"$ref": "#/$defs/a", "$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/a"}}}})),
+    ("bad regex", schema_format({"type": "string", "pattern": "(["})),
+    ("minLength 1e6", schema_format({"type": "string", "minLength": 1_000_000})),
+    ("minItems 1e5", schema_format({"type": "array", "minItems": 100_000})),
+    ("min > max", schema_format({"type": "integer", "minimum": 5, "maximum": 1})),
+    ("unsatisfiable object", schema_format({"type": "object", "properties": {}, "required": ["a"], "additionalProperties": False})),
+    ("allOf string+integer", schema_format({"allOf": [{"type": "string"}, {"type": "integer"}]})),
+    ("not {}", schema_format({"not": {}})), ("deep schema", schema_format(nested(100, {"type": "object"}, "properties"))),
+    ("unknown keyword", schema_format({"type": "object", "frobnicate": True})),
+    ("format email", schema_format({"type": "string", "format": "email"})),
+    ("huge enum", schema_format({"enum": [f"v{i}" for i in range(5000)]})),
+    ("valid small", schema_format({"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"]})),
+]
+
+
+def chat_cases() -> list[Case]:
+    r = "/v1/chat/completions"
+    out = [case(r, f"messages: {label}", with_fields(r, messages=m), must=True) for label, m in MESSAGE_CASES]
+    out += [case(r, f"tools: {label}", with_fields(r, tools=t), must=True) for label, t in TOOL_CASES]
+    out += [case(r, f"tool_choice {short(c)}", with_fields(r, tools=[{"type": "function", "function": FN}], tool_choice=c)) for c in TOOL_CHOICE_CASES]
+    out += [case(r, f"tool_choice {short(c)} without tools", with_fields(r, tool_choice=c)) for c in TOOL_CHOICE_CASES[:4]]
+    out += [case(r, f"response_format: {label}", with_fields(r, response_format=f), must=True) for label, f in RESPONSE_FORMATS]
+    out += [case(r, f"response_format {label}, streamed", with_fields(r, response_format=f, stream=True)) for label, f in RESPONSE_FORMATS[-3:]]
+    misc = [
+        ("n 16 max_tokens 8", dict(n=16, max_tokens=8)), ("n 17", dict(n=17)), ("n 1000", dict(n=1000)), ("n 0", dict(n=0)),
+        ("max_tokens 1e9", dict(max_tokens=10**9)), ("max_tokens 2^63", dict(max_tokens=2**63)),
+        ("both max_tokens", dict(max_tokens=4, max_completion_tokens=10**9)),
+        ("top_logprobs 21", dict(logprobs=True, top_logprobs=21)), ("top_logprobs 20", dict(logprobs=True, top_logprobs=20)),
+        ("top_logprobs without logprobs", dict(top_logprobs=3)),
+        ("17 stops", dict(stop=[str(i) for i in range(17)])), ("stop empty string", dict(stop="")), ("stop [\"\"]", dict(stop=[""])),
+        ("stop [5]", dict(stop=[5])), ("stop 100k", dict(stop="y" * 100_000)), ("stop NUL", dict(stop=["\u0000"])),
+        ("include_usage without stream", dict(stream_options={"include_usage": True})),
+        ("continuous_usage_stats", dict(stream=True, stream_options={"continuous_usage_stats": True})),
+        ("stream_options unknown key", dict(stream=True, stream_options={"foo": 1})),
+        ("stream with usage", dict(stream=True, stream_options={"include_usage": True})),
+        ("stop_token_ids [-1]", dict(stop_token_ids=[-1])), ("stop_token_ids [2^32]", dict(stop_token_ids=[2**32])),
+        ("stop_token_ids [1e9]", dict(stop_token_ids=[10**9])),
+        ("logit_bias", dict(logit_bias={"1": 5})), ("functions", dict(functions=[FN])), ("store true", dict(store=True)),
+        ("store false", dict(store=False)), ("metadata", dict(metadata={"a": "b"})), ("audio", dict(audio={})),
+        ("model wrong", dict(model="gpt-4")), ("model empty", dict(model="")),
+        ("temperature 1e-40 streamed", dict(temperature=1e-40, stream=True)),
+        ("temperature 1e-40 n 4 logprobs", dict(temperature=1e-40, n=4, logprobs=True, top_logprobs=5)),
+        ("repetition_penalty 1e-40 temperature 1", dict(repetition_penalty=1e-40, temperature=1)),
+        ("top_p 1e-45 top_k 1 min_p 1", dict(top_p=1e-45, top_k=1, min_p=1)),
+        ("penalties -2 ignore_eos", dict(presence_penalty=-2, frequency_penalty=-2, ignore_eos=True)),
+    ]
+    out += [case(r, label, with_fields(r, **kw), must=True) for label, kw in misc]
+    return out
+
+
+def completions_cases() -> list[Case]:
+    r = "/v1/completions"
+    prompts = [
+        ("empty string", ""), ("empty list", []), ("[[]]", [[]]), ("[\"\"]", [""]), ("ids", [1, 2, 3]), ("id -1", [-1]),
+        ("id 2^32", [2**32]), ("id 1e8", [10**8]), ("id vocab", [49152]), ("lists", [[1], [2]]), ("mixed", [[1], "a"]),
+        ("float ids", [1.5]), ("object", {"a": 1}), ("65 prompts", ["a"] * 65), ("64 prompts", ["a"] * 64),
+        ("64 prompts n 16", None), ("ids nested 3", [[[1]]]), ("long (context)", "word " * 20000),
+    ]
+    out = []
+    for label, p in prompts:
+        body = with_fields(r, prompt=["a"] * 64, n=16, max_tokens=1) if p is None else with_fields(r, prompt=p)
+        out.append(case(r, f"prompt: {label}", body, must=True))
+    out[-3].slow = True  # 1024 sequences: ~17 s on 2 cores
+    misc = [("echo", dict(echo=True)), ("suffix", dict(suffix="x")), ("suffix null", dict(suffix=None)), ("best_of 2", dict(best_of=2)),
+            ("logprobs 5", dict(logprobs=5)), ("logprobs 21", dict(logprobs=21)), ("logprobs -1", dict(logprobs=-1)),
+            ("n 2 streamed", dict(n=2, stream=True)), ("n 0", dict(n=0)), ("n 1000", dict(n=1000)),
+            ("max_tokens 1e9", dict(max_tokens=10**9)), ("max_tokens 0", dict(max_tokens=0)), ("model wrong", dict(model="x")),
+            ("temperature 1e-40", dict(temperature=1e-40)), ("temperature 1e-40 streamed", dict(temperature=1e-40, stream=True))]
+    out += [case(r, label, with_fields(r, **kw), must=True) for label, kw in misc]
+    return out
+
+
+def generate_cases() -> list[Case]:
+    r = "/generate"
+    misc = [("n 2", dict(n=2)), ("stream", dict(stream=True)), ("prompt empty", dict(prompt="")), ("prompt ids", dict(prompt=[1, 2])),
+            ("max_tokens 1e9", dict(max_tokens=10**9)), ("long prompt (context)", dict(prompt="word " * 20000)),
+            ("temperature 1e-40", dict(temperature=1e-40)), ("temperature 1e-40 streamed", dict(temperature=1e-40, stream=True)),
+            ("model field", dict(model=MODEL)), ("messages field", dict(messages=[{"role": "user", "content": "x"}]))]
+    return [case(r, label, with_fields(r, **kw), must=True) for label, kw in misc]
+
+
+def tokenize_cases() -> list[Case]:
+    r = "/tokenize"
+    out = [case(r, "prompt and messages", {"prompt": "a", "messages": [{"role": "user", "content": "x"}]}, must=True),
+           case(r, "neither", {}, must=True), case(r, "model wrong", {"prompt": "a", "model": "x"}, must=True),
+           case(r, "sampling field", {"prompt": "a", "temperature": 1}, must=True)]
+    out += [case(r, f"messages: {label}", {"messages": m}, must=label.startswith(("role", "tool"))) for label, m in MESSAGE_CASES]
+    out += [case(r, f"tools: {label}", {"messages": [{"role": "user", "content": "x"}], "tools": t}, must=True) for label, t in TOOL_CASES]
+    return out
+
+
+def detokenize_cases() -> list[Case]:
+    r = "/detokenize"
+    tokens = [("empty", []), ("-1", [-1]), ("2^32", [2**32]), ("vocab", [49152]), ("vocab-1", [49151]), ("100k ids", [i % 49000 for i in range(100_000)]),
+              ("string", "abc"), ("floats", [1.5]), ("nested", [[1]]), ("null", None), ("special ids", [0, 1, 2])]
+    out = [case(r, f"tokens: {label}", {"tokens": t}, must=True) for label, t in tokens]
+    out.append(case(r, "model wrong", {"tokens": [1], "model": "x"}, must=True))
+    return out
+
+
+SPECIFIC = {"/v1/chat/completions": chat_cases, "/v1/completions": completions_cases, "/generate": generate_cases,
+            "/tokenize": tokenize_cases, "/detokenize": detokenize_cases}
+
+
+def short(v) -> str:
+    text = repr(v) if isinstance(v, Raw) else json.dumps(v, allow_nan=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Cases kept even in the smallest runs: the inputs that break servers.
+KEY_LABELS = {
+    "temperature = 1e-40", "temperature 1e-40", "temperature 1e-40 streamed", "temperature 1e-40 n 4 logprobs",
+    "repetition_penalty 1e-40 temperature 1", "temperature = Raw(b'NaN')", "temperature = Raw(b'1e999')",
+    "top_p = 5e-324", "structure: deep list 100000", "structure: deep object 5000", "invalid UTF-8 #0 in a value",
+    "n 1000", "n = 1000", "max_tokens 1e9", "prompt: id 2^32", "tokens: 2^32", "messages: role function",
+    "response_format: recursive $ref", "tools: parameters recursive $ref", "http: chunked body",
+}
+
+
+def priority(c: Case) -> int:
+    key = c.label in KEY_LABELS or c.label.startswith("missing") or (c.label.startswith("http: ") and "limit" in c.label)
+    return 2 if key else 1 if c.must else 0
+
+
+def build_cases(count: int, seed: int, quick: bool = False) -> list[Case]:
+    """`count` cases per route (0: the whole pool): key cases first, then must-cases, then the
+    rest, each group in an order drawn with `seed`; topped up with random
+    multi-field bodies when a route has fewer."""
+    rng = random.Random(seed)
+    out = []
+    for route in ROUTES:
+        pool = structural_cases(route) + http_cases(route) + SPECIFIC[route]() + field_cases(route, rng)
+        pool = list({(c.label, c.body, c.chunked, c.method): c for c in pool}.values())  # one of each
+        if quick:
+            pool = [c for c in pool if not c.slow]
+        rng.shuffle(pool)
+        pool.sort(key=priority, reverse=True)  # stable: shuffled within a priority
+        chosen = pool[:count] if count else pool
+        if len(chosen) < count:
+            chosen += combo_cases(route, rng, count - len(chosen))
+        out += chosen
+    return out
+
+
+# --------------------------------------------------------------------------
+# Sending and judging
+
+
+@dataclass
+class Result:
+    case: Case
+    status: int | None = None
+    problem: str | None = None
+    reply: bytes = b""
+    seconds: float = 0.0
+
+
+def request_bytes(port, c: Case) -> bytes:
+    lines = [f"{c.method} {c.route} HTTP/1.1", f"Host: {rc.HOST}:{port}", "Connection: close"]
+    if c.content_type:
+        lines.append(f"Content-Type: {c.content_type}")
+    if c.chunked:
+        lines.append("Transfer-Encoding: chunked")
+        pieces = [c.body[i:i + 65536] for i in range(0, len(c.body), 65536)]
+        body = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    else:
+        lines.append(f"Content-Length: {len(c.body)}")
+        body = c.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def send_case(port, c: Case, timeout: float) -> Result:
+    """Writes the request while reading the answer, so an early 413 is seen
+    even if the server stops reading the body."""
+    started = time.monotonic()
+    res = Result(c)
+    reader, writer = await rc.connect(port)
+
+    async def write():
+        try:
+            writer.write(request_bytes(port, c))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    writer_task = asyncio.create_task(write())
+    try:
+        resp = await asyncio.wait_for(read_whole(reader), timeout)
+        res.status, res.reply = resp.status, resp.body
+        res.problem = judge(c, resp)
+    except asyncio.TimeoutError:
+        res.problem = f"no complete answer within {timeout:.0f} s (hang)"
+    except (ProtocolError, ConnectionError, OSError) as e:
+        res.problem = f"dropped connection: {type(e).__name__}: {e}"
+    finally:
+        writer_task.cancel()
+        rc.close(writer)
+    res.seconds = time.monotonic() - started
+    return res
+
+
+async def read_whole(reader) -> rc.Response:
+    status, headers = await rc.read_head(reader)
+    resp = rc.Response(status, headers)
+    sse = rc.SseParser() if headers.get("content-type", "").startswith("text/event-stream") else None
+    async for piece in rc.body_pieces(reader, headers):
+        resp.body += piece
+        if sse:
+            resp.events += sse.feed(piece)
+    return resp
+
+
+def judge(c: Case, resp: rc.Response) -> str | None:
+    """None when the answer is acceptable, else why not."""
+    if 400 <= resp.status < 500:
+        return rc.error_shape_problem(resp)
+    if resp.status != 200:
+        return f"status {resp.status}"
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        return rc.stream_problem(resp)
+    try:
+        obj = resp.json()
+    except ValueError:
+        return f"200 with a body that is not JSON: {resp.body[:200]!r}"
+    return shape_problem(c.route, obj)
+
+
+def shape_problem(route, obj) -> str | None:
+    expect = {
+        "/v1/chat/completions": lambda o: o.get("object") == "chat.completion" and all(
+            "message" in ch and ch.get("finish_reason") for ch in o.get("choices", [])) and o.get("choices"),
+        "/v1/completions": lambda o: o.get("object") == "text_completion" and all(
+            isinstance(ch.get("text"), str) and ch.get("finish_reason") for ch in o.get("choices", [])) and o.get("choices"),
+        "/generate": lambda o: isinstance(o.get("text"), str) and o.get("finish_reason") in ("stop", "length"),
+        "/tokenize": lambda o: isinstance(o.get("tokens"), list) and o.get("count") == len(o["tokens"]),
+        "/detokenize": lambda o: isinstance(o.get("prompt"), str),
+    }[route]
+    return None if isinstance(obj, dict) and expect(obj) else f"200 without the route's answer shape: {json.dumps(obj)[:300]}"
+
+
+async def run_all(port, cases, concurrency, timeout) -> list[Result]:
+    queue = list(enumerate(cases))
+    results: list[Result | None] = [None] * len(cases)
+
+    async def worker():
+        while queue:
+            i, c = queue.pop(0)
+            results[i] = await send_case(port, c, timeout)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+# --------------------------------------------------------------------------
+# Reporting
+
+
+def save_failure(outdir: Path, n: int, port: int, r: Result) -> Path:
+    path = outdir / f"failure-{n:03d}.body"
+    path.write_bytes(r.case.body)
+    ct = f"-H 'Content-Type: {r.case.content_type}' " if r.case.content_type else ""
+    te = "-H 'Transfer-Encoding: chunked' " if r.case.chunked else ""
+    (outdir / f"failure-{n:03d}.sh").write_text(
+        f"# {r.case.label}\ncurl -sS -i -X {r.case.method} {ct}{te}--data-binary @{path} http://127.0.0.1:PORT{r.case.route}\n")
+    return path
+
+
+def reply_summary(r: Result) -> str:
+    try:
+        return json.loads(r.reply)["error"]["message"][:120]
+    except Exception:
+        return r.reply[:80].decode("utf-8", "replace").replace("\n", " ")
+
+
+def report(results: list[Result], outdir: Path, port: int, verbose: bool) -> list[Result]:
+    table = Counter((r.case.route, r.status if r.status is not None else "none") for r in results)
+    print("\nanswers per route and status")
+    for route in ROUTES:
+        row = {s: n for (rt, s), n in table.items() if rt == route}
+        print(f"  {route:<22} " + "  ".join(f"{s}: {n}" for s, n in sorted(row.items(), key=lambda kv: str(kv[0]))))
+    failed = [r for r in results if r.problem]
+    if failed:
+        print(f"\nfailing bodies ({len(failed)}; saved whole under {outdir}):")
+    for n, r in enumerate(failed):
+        path = save_failure(outdir, n, port, r)
+        body = r.case.body[:200]
+        print(f"  [{n}] {r.case.method} {r.case.route} ({r.case.label}) -> {r.status}: {r.problem[:300]}")
+        print(f"      body ({len(r.case.body)} bytes, {path.name}): {body!r}{'...' if len(r.case.body) > 200 else ''}")
+        if r.reply:
+            print(f"      reply: {r.reply[:300]!r}")
+    if verbose:
+        print("\nevery body:")
+        for r in results:
+            print(f"  {r.case.route} {r.case.label[:70]!s:<70} -> {r.status} {reply_summary(r)}")
+    slow = sorted(results, key=lambda r: -r.seconds)[:3]
+    print("\nslowest: " + "; ".join(f"{r.case.route} {r.case.label} {r.seconds:.1f} s" for r in slow))
+    return failed
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ember", default=rc.default_ember(), help="the ember binary [default: %(default)s]")
+    p.add_argument("--count", type=int, default=300, help="bodies per route; 0: every hand-written and single-field case, no random combinations [default: 300]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=60, help="per-request deadline, seconds [default: 60]")
+    p.add_argument("--quick", action="store_true", help="CI: 80 bodies per route, 8 at a time, no slow ones")
+    p.add_argument("--verbose", action="store_true", help="print every body's label, status and error message")
+    a = p.parse_args()
+    if a.quick:
+        a.count, a.concurrency = 80, 8
+    return a
+
+
+async def final_checks(port, ledger):
+    ok = await rc.request(port, "POST", "/v1/chat/completions", rc.jbody(
+        {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}), timeout=60)
+    ledger.check(ok.status == 200 and shape_problem("/v1/chat/completions", ok.json()) is None,
+                 "a normal chat request still answers 200 afterwards", f"status {ok.status}")
+    health = await rc.request(port, "GET", "/health", timeout=10)
+    ledger.check(health.status == 200, "/health is 200 afterwards", f"status {health.status}")
+    idle, took, last = await rc.wait_idle(port, 30)
+    ledger.check(idle, "the server is idle afterwards (no leaked sequence or KV block)", f"after {took:.1f} s: {last}")
+
+
+def main():
+    args = parse_args()
+    ledger = rc.Ledger()
+    cases = build_cases(args.count, args.seed, args.quick)
+    server = rc.Server(args.ember, extra_args=["--kv-cache-memory", "64MiB", "--max-model-len", "256", "--max-num-seqs", "16"],
+                       name="malformed")
+    outdir = Path(tempfile.mkdtemp(prefix="ember-malformed-"))
+    started = time.monotonic()
+    try:
+        server.start()
+        server.wait_ready()
+        print(f"server: {server.startup_report()}")
+        print(f"{len(cases)} bodies ({args.count or 'all'} per route, seed {args.seed}), {args.concurrency} at a time")
+        results = asyncio.run(run_all(server.port, cases, args.concurrency, args.timeout))
+        failed = report(results, outdir, server.port, args.verbose)
+        for route in ROUTES:
+            mine = [r for r in results if r.case.route == route]
+            bad = [r for r in mine if r.problem]
+            ledger.check(not bad, f"{route}: every answer a 4xx in OpenAI's shape or a valid 200",
+                         f"{len(mine) - len(bad)}/{len(mine)}" + (f"; first failure: {bad[0].case.label} -> {bad[0].problem[:200]}" if bad else ""))
+        ledger.check(server.alive(), "the server is still running")
+        if server.alive():
+            asyncio.run(final_checks(server.port, ledger))
+        panics = server.panics()
+        ledger.check(not panics, "no panic in the server log", f"{len(panics)}: " + " | ".join(p[-200:] for p in panics[:3]))
+    except (RuntimeError, ProtocolError, OSError, asyncio.TimeoutError) as e:
+        ledger.check(False, "malformed_http ran to the end", f"{type(e).__name__}: {e}")
+        print(f"--- server log ({server.log_path}):\n{server.log_tail()}")
+    finally:
+        server.signal(signal.SIGTERM)
+        code = server.wait_exit(40) if server.proc else None
+        if server.proc:
+            ledger.check(code == 0, "server exits 0 on SIGTERM", f"exit code {code}")
+        server.stop()
+    print(f"ran {time.monotonic() - started:.0f} s; server log: {server.log_path}")
+    sys.exit(ledger.finish())
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import reliability_common as rc
@@ -460,7 +460,11 @@ async def send_case(port, c: Case, timeout: float) -> Result:
     even if the server stops reading the body."""
     started = time.monotonic()
     res = Result(c)
-    reader, writer = await rc.connect(port)
+    try:
+        reader, writer = await asyncio.wait_for(rc.connect(port), timeout)
+    except (OSError, asyncio.TimeoutError) as e:
+        res.problem = f"cannot connect: {type(e).__name__}: {e}"
+        return res
 
     async def write():
         try:
@@ -524,14 +528,15 @@ def shape_problem(route, obj) -> str | None:
     return None if isinstance(obj, dict) and expect(obj) else f"200 without the route's answer shape: {json.dumps(obj)[:300]}"
 
 
-async def run_all(port, cases, concurrency, timeout) -> list[Result]:
+async def run_all(server: rc.Server, cases, concurrency, timeout) -> list[Result]:
+    """Sends every case, `concurrency` at a time; stops sending if the server dies."""
     queue = list(enumerate(cases))
-    results: list[Result | None] = [None] * len(cases)
+    results = [Result(c, problem="not sent: the server had died") for c in cases]
 
     async def worker():
-        while queue:
+        while queue and server.alive():
             i, c = queue.pop(0)
-            results[i] = await send_case(port, c, timeout)
+            results[i] = await send_case(server.port, c, timeout)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
@@ -541,7 +546,8 @@ async def run_all(port, cases, concurrency, timeout) -> list[Result]:
 # Reporting
 
 
-def save_failure(outdir: Path, n: int, port: int, r: Result) -> Path:
+def save_failure(outdir: Path, n: int, r: Result) -> Path:
+    """The body as sent, and a curl line replaying it against a server on PORT."""
     path = outdir / f"failure-{n:03d}.body"
     path.write_bytes(r.case.body)
     ct = f"-H 'Content-Type: {r.case.content_type}' " if r.case.content_type else ""
@@ -558,7 +564,7 @@ def reply_summary(r: Result) -> str:
         return r.reply[:80].decode("utf-8", "replace").replace("\n", " ")
 
 
-def report(results: list[Result], outdir: Path, port: int, verbose: bool) -> list[Result]:
+def report(results: list[Result], outdir: Path, verbose: bool) -> list[Result]:
     table = Counter((r.case.route, r.status if r.status is not None else "none") for r in results)
     print("\nanswers per route and status")
     for route in ROUTES:
@@ -568,7 +574,11 @@ def report(results: list[Result], outdir: Path, port: int, verbose: bool) -> lis
     if failed:
         print(f"\nfailing bodies ({len(failed)}; saved whole under {outdir}):")
     for n, r in enumerate(failed):
-        path = save_failure(outdir, n, port, r)
+        path = save_failure(outdir, n, r)
+        if n == 50:
+            print(f"  ... {len(failed) - 50} more, saved under {outdir}")
+        if n >= 50:
+            continue
         body = r.case.body[:200]
         print(f"  [{n}] {r.case.method} {r.case.route} ({r.case.label}) -> {r.status}: {r.problem[:300]}")
         print(f"      body ({len(r.case.body)} bytes, {path.name}): {body!r}{'...' if len(r.case.body) > 200 else ''}")
@@ -622,18 +632,22 @@ def main():
         server.wait_ready()
         print(f"server: {server.startup_report()}")
         print(f"{len(cases)} bodies ({args.count or 'all'} per route, seed {args.seed}), {args.concurrency} at a time")
-        results = asyncio.run(run_all(server.port, cases, args.concurrency, args.timeout))
-        failed = report(results, outdir, server.port, args.verbose)
+        results = asyncio.run(run_all(server, cases, args.concurrency, args.timeout))
+        report(results, outdir, args.verbose)
         for route in ROUTES:
             mine = [r for r in results if r.case.route == route]
             bad = [r for r in mine if r.problem]
             ledger.check(not bad, f"{route}: every answer a 4xx in OpenAI's shape or a valid 200",
                          f"{len(mine) - len(bad)}/{len(mine)}" + (f"; first failure: {bad[0].case.label} -> {bad[0].problem[:200]}" if bad else ""))
-        ledger.check(server.alive(), "the server is still running")
+        alive = ledger.check(server.alive(), "the server is still running",
+                             "" if server.alive() else f"it exited with {server.proc.returncode}; the bodies it "
+                             "was answering are the first 'dropped connection' failures above")
+        if not alive:
+            print(f"--- server log tail ({server.log_path}):\n{server.log_tail()}")
         if server.alive():
             asyncio.run(final_checks(server.port, ledger))
         panics = server.panics()
-        ledger.check(not panics, "no panic in the server log", f"{len(panics)}: " + " | ".join(p[-200:] for p in panics[:3]))
+        ledger.check(not panics, "no panic in the server log", " | ".join(p[-200:] for p in panics[:3]))
     except (RuntimeError, ProtocolError, OSError, asyncio.TimeoutError) as e:
         ledger.check(False, "malformed_http ran to the end", f"{type(e).__name__}: {e}")
         print(f"--- server log ({server.log_path}):\n{server.log_tail()}")

@@ -74,6 +74,17 @@ class Ledger:
 # The server under test
 
 
+def die_with_parent():
+    """In the child before exec: SIGTERM when this script dies, even killed
+    (Linux prctl PR_SET_PDEATHSIG), so a timed-out test leaves no server."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Server:
     """One `ember serve` child on a loopback port, its stderr in a log file."""
 
@@ -91,7 +102,8 @@ class Server:
         self.log = open(self.log_path, "ab")
         env = dict(os.environ, **(self.env or {}))
         env.pop("EMBER_API_KEY", None)
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, preexec_fn=die_with_parent)
         return self
 
     @property

@@ -14,10 +14,25 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Tokenizer {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        Self::from_json(&text, path)
+    }
+
+    /// A `tokenizer.json` document; `path` only names the file in errors.
+    /// The JSON is checked before `tokenizers` sees it: tokenizers 0.22
+    /// panics instead of failing on a syntax error inside `decoder` (a file
+    /// cut short there, for one). Parsing into a `Value` applies the same
+    /// nesting limit as `tokenizers`' own parse, which `IgnoredAny` would not.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let error = |message: String| EngineError::Tokenizer {
+            path: path.to_owned(),
+            message,
+        };
+        serde_json::from_str::<serde_json::Value>(text).map_err(|e| error(e.to_string()))?;
+        let inner: Tokenizer = text.parse().map_err(|e: tokenizers::Error| error(e.to_string()))?;
         Ok(Self { inner })
     }
 

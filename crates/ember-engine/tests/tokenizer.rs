@@ -39,3 +39,20 @@ fn missing_tokenizer_file_is_named() {
         .unwrap_or_default();
     assert!(err.contains("/no/such/tokenizer.json"), "{err}");
 }
+
+/// Found by the `model_files` fuzz target: tokenizers 0.22 panics (an
+/// `expect("Helper")` in its decoder deserializer) on a JSON syntax error
+/// inside `decoder`, so a tokenizer.json cut short there took the server
+/// down at load instead of naming the file.
+#[test]
+fn tokenizer_json_cut_short_in_its_decoder_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for text in ["{\"decoder\":", "{\"decoder\": {\"type\": \"ByteLevel\",", "{\"decoder\": [}"] {
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let err = TextTokenizer::from_file(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("tokenizer.json"), "{text}: {err}");
+        let err = TextTokenizer::from_json(text, &path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("tokenizer.json"), "{text}: {err}");
+    }
+}

@@ -7,6 +7,7 @@ mod chat;
 mod completions;
 pub mod config;
 pub mod error;
+#[doc(hidden)] pub mod fuzz_api;
 pub mod metrics;
 mod middleware;
 pub mod openai;

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -652,11 +651,7 @@ def main():
         ledger.check(False, "malformed_http ran to the end", f"{type(e).__name__}: {e}")
         print(f"--- server log ({server.log_path}):\n{server.log_tail()}")
     finally:
-        server.signal(signal.SIGTERM)
-        code = server.wait_exit(40) if server.proc else None
-        if server.proc:
-            ledger.check(code == 0, "server exits 0 on SIGTERM", f"exit code {code}")
-        server.stop()
+        server.stop_checked(ledger)
     print(f"ran {time.monotonic() - started:.0f} s; server log: {server.log_path}")
     sys.exit(ledger.finish())
 

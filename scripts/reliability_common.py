@@ -167,6 +167,14 @@ class Server:
         except subprocess.TimeoutExpired:
             return None
 
+    def stop_checked(self, ledger: "Ledger"):
+        """SIGTERM, and a check that the server exits 0 on it; then `stop`."""
+        if self.proc is not None:
+            self.signal(signal.SIGTERM)
+            code = self.wait_exit(40)
+            ledger.check(code == 0, "server exits 0 on SIGTERM", f"exit code {code}")
+        self.stop()
+
     def stop(self):
         """SIGTERM, then SIGKILL after 40 s; closes the log."""
         if self.proc is None:

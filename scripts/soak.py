@@ -35,7 +35,6 @@ import asyncio
 import json
 import random
 import re
-import signal
 import sys
 import time
 from collections import Counter
@@ -447,11 +446,7 @@ def main():
         ledger.check(False, "soak ran to the end", f"{type(e).__name__}: {e}")
         print(f"--- server log ({server.log_path}):\n{server.log_tail()}")
     finally:
-        server.signal(signal.SIGTERM)
-        code = server.wait_exit(40) if server.proc else None
-        if server.proc:
-            ledger.check(code == 0, "server exits 0 on SIGTERM", f"exit code {code}")
-        server.stop()
+        server.stop_checked(ledger)
     print(f"server log: {server.log_path}")
     sys.exit(ledger.finish())
 

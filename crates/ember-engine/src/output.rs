@@ -82,9 +82,11 @@ impl OutputProcessor {
             EngineEvent::Finished { index, reason } => {
                 if let Some(choice) = self.choices.get_mut(index).filter(|c| !c.finished) {
                     choice.finished = true;
-                    if !matches!(reason, FinishReason::Error(_)) {
-                        self.flush(index);
-                    }
+                    let reason = match reason {
+                        FinishReason::Error(_) => reason,
+                        // Undecodable held-back bytes fail the choice, as any decode error does.
+                        _ => self.flush(index).map_or_else(FinishReason::Error, |()| reason),
+                    };
                     self.pending.push_back(GenerationEvent::Finished { index, reason });
                 }
             }
@@ -140,9 +142,12 @@ impl OutputProcessor {
 
     /// Sends what was held back for an unfinished character or a possible
     /// stop string when the choice ends for another reason.
-    fn flush(&mut self, index: usize) {
-        let Some(choice) = self.choices.get_mut(index) else { return };
-        let tail = choice.decoder.as_ref().map(|d| d.finish()).transpose().ok().flatten().unwrap_or_default();
+    fn flush(&mut self, index: usize) -> Result<(), String> {
+        let Some(choice) = self.choices.get_mut(index) else { return Ok(()) };
+        let tail = match choice.decoder.as_ref().map(|d| d.finish()).transpose() {
+            Ok(tail) => tail.unwrap_or_default(),
+            Err(e) => return Err(e.to_string()),
+        };
         let text = match choice.stop.push(&tail) {
             StopCheck::Continue(mut text) => {
                 text.push_str(&choice.stop.finish());
@@ -158,6 +163,7 @@ impl OutputProcessor {
                 logprobs: Vec::new(),
             });
         }
+        Ok(())
     }
 }
 

@@ -38,6 +38,9 @@ TYPES = {
     "Q4_K": (GGMLQuantizationType.Q4_K, 144, [0, 2]),
     "Q5_K": (GGMLQuantizationType.Q5_K, 176, [0, 2]),
     "Q6_K": (GGMLQuantizationType.Q6_K, 210, [208]),
+    # Last, so that adding them left the earlier cases' random bytes unchanged.
+    "Q5_0": (GGMLQuantizationType.Q5_0, 22, [0]),
+    "Q5_1": (GGMLQuantizationType.Q5_1, 24, [0, 2]),
 }
 
 CHATS = [

@@ -85,9 +85,11 @@ impl Attention {
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
 
         // 1. Projections, batched over every token of every sequence.
-        let q = self.q_proj.forward(x.clone()).reshape([tokens, h, d]);
-        let k = self.k_proj.forward(x.clone()).reshape([tokens, kvh, d]);
-        let v = self.v_proj.forward(x);
+        let [q, k, v]: [Tensor<2>; 3] = Linear::forward_group(&[&self.q_proj, &self.k_proj, &self.v_proj], x)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three projections in, three out"));
+        let q = q.reshape([tokens, h, d]);
+        let k = k.reshape([tokens, kvh, d]);
 
         // 2. Per-head RMSNorm (Qwen3), before RoPE.
         let q = match &self.q_norm {

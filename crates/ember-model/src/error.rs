@@ -85,6 +85,13 @@ pub enum ModelError {
         actual: usize,
     },
 
+    #[error("{path}: tensor `{tensor}`: {reason}")]
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
     #[error("{path}: no model.safetensors or model.safetensors.index.json")]
     NoWeights { path: PathBuf },
 

@@ -7,6 +7,8 @@
 
 mod attention;
 pub mod config;
+pub mod cpu;
+mod embedding;
 pub mod error;
 pub mod gguf;
 mod kv_cache;

@@ -2,23 +2,30 @@
 //! checkpoint's own), which is also the layout a matrix-vector product reads
 //! row by row while decoding.
 
-use burn::tensor::Tensor;
+use std::sync::Arc;
 
+use burn::tensor::{Tensor, TensorData};
+
+use crate::cpu::matmul::{Projection, matmul};
+use crate::cpu::tensor::{HostF32, from_vec};
+use crate::cpu::QuantMatrix;
 use crate::error::Result;
 use crate::weights::Loader;
 
 /// `y = x W^T + b`.
 ///
-/// The weight is an enum so that quantized block kernels can slot in beside
-/// the dense float path without touching the layers that call `forward`.
+/// The weight is an enum so that quantized block kernels slot in beside the
+/// dense float path without touching the layers that call `forward`.
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor<1>>,
 }
 
 pub enum LinearWeight {
-    /// Dense float weight, `[out, in]`.
+    /// Dense float weight, `[out, in]`, on any device.
     Dense(Tensor<2>),
+    /// GGML blocks, `[out, in]`, multiplied by the CPU kernels (flex, f32).
+    Quantized(Arc<QuantMatrix>),
 }
 
 impl Linear {
@@ -30,8 +37,14 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = loader.tensor(&format!("{prefix}.weight"), [out_features, in_features])?;
+        let name = format!("{prefix}.weight");
         let bias = loader.optional(&format!("{prefix}.bias"), [out_features], bias)?;
+        if loader.keep_quantized
+            && let Some(q) = loader.source.read_quantized(&name, [out_features, in_features])?
+        {
+            return Ok(Self::quantized(Arc::new(q), bias));
+        }
+        let weight = loader.tensor(&name, [out_features, in_features])?;
         Ok(Self::from_weight(weight, bias))
     }
 
@@ -43,10 +56,69 @@ impl Linear {
         }
     }
 
+    /// Wraps a quantized `[out, in]` weight (a projection, or a tied embedding).
+    pub fn quantized(weight: Arc<QuantMatrix>, bias: Option<Tensor<1>>) -> Self {
+        Self {
+            weight: LinearWeight::Quantized(weight),
+            bias,
+        }
+    }
+
     /// `x`: `[tokens, in]` -> `[tokens, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let LinearWeight::Dense(weight) = &self.weight;
-        let y = x.matmul(weight.clone().transpose());
+        let mut outputs = Self::forward_group(&[self], x);
+        outputs.pop().unwrap_or_else(|| unreachable!("one layer in, one output out"))
+    }
+
+    /// Several projections of the same input. Quantized ones run in one
+    /// parallel region, so their rows are shared out over the threads together.
+    pub fn forward_group(layers: &[&Linear], x: Tensor<2>) -> Vec<Tensor<2>> {
+        let [tokens, cols] = x.dims();
+        let quantized: Vec<&QuantMatrix> = layers
+            .iter()
+            .filter_map(|l| match &l.weight {
+                LinearWeight::Quantized(w) if w.cols() == cols => Some(&**w),
+                _ => None,
+            })
+            .collect();
+        let host = if quantized.len() == layers.len() { HostF32::new(x.clone()) } else { None };
+        let Some(host) = host else {
+            return layers.iter().map(|l| l.forward_alone(x.clone())).collect();
+        };
+        let mut outs: Vec<Vec<f32>> = quantized.iter().map(|w| vec![0.0; tokens * w.rows()]).collect();
+        let mut projections: Vec<Projection<'_>> = quantized
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(weight, out)| Projection { weight, out })
+            .collect();
+        matmul(host.as_slice(), tokens, &mut projections);
+        drop(projections);
+        layers
+            .iter()
+            .zip(quantized)
+            .zip(outs)
+            .map(|((layer, w), out)| layer.add_bias(from_vec(out, [tokens, w.rows()])))
+            .collect()
+    }
+
+    /// One projection through Burn: dense weights on any device, or a
+    /// quantized weight met by an input the kernels cannot read (dequantized
+    /// on the fly; correct, and never the case on the fast path).
+    fn forward_alone(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = match &self.weight {
+            LinearWeight::Dense(weight) => x.matmul(weight.clone().transpose()),
+            LinearWeight::Quantized(w) => {
+                let dense = Tensor::<2>::from_data(
+                    TensorData::new(w.dequantize(), [w.rows(), w.cols()]),
+                    (&x.device(), x.dtype()),
+                );
+                x.matmul(dense.transpose())
+            }
+        };
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor<2>) -> Tensor<2> {
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim(0),
             None => y,

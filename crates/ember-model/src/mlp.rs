@@ -25,7 +25,9 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let [gate, up]: [Tensor<2>; 2] = Linear::forward_group(&[&self.gate_proj, &self.up_proj], x)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two projections in, two out"));
+        self.down_proj.forward(silu(gate) * up)
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::attention::{Attention, SequenceRows, StepLayout};
 use crate::config::ModelConfig;
+use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvPool};
@@ -65,7 +66,7 @@ pub struct SequenceInput<'a> {
 pub struct CausalLm {
     config: ModelConfig,
     device: Device,
-    embed_tokens: Tensor<2>,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -103,16 +104,17 @@ impl CausalLm {
             source,
             device,
             dtype,
+            keep_quantized: crate::cpu::applies(device, dtype),
         };
         let c = &config;
-        let embed_tokens = loader.tensor("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
+        let embed_tokens = Embedding::load(&loader, "model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, &format!("model.layers.{i}"), c))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&loader, "model.norm", c.hidden_size, c.rms_norm_eps)?;
         // A tied checkpoint has no lm_head.weight: the head reuses the embedding.
         let lm_head = if c.tie_word_embeddings && !source.contains("lm_head.weight") {
-            Linear::from_weight(embed_tokens.clone(), None)
+            embed_tokens.tied_head()
         } else {
             Linear::load(&loader, "lm_head", c.hidden_size, c.vocab_size, false)?
         };
@@ -201,7 +203,7 @@ impl CausalLm {
                         vocab_size: self.config.vocab_size,
                     });
                 }
-                ids.push(i64::from(t));
+                ids.push(t);
                 positions.push(seq.past_len + i);
                 write_slots.push(slot(seq.past_len + i));
             }
@@ -210,8 +212,6 @@ impl CausalLm {
                 history: history_start..read_slots.len(),
             });
         }
-        let n = ids.len();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
         let layout = StepLayout {
             write_slots: pool.slot_tensor(write_slots.into_iter()),
             read_slots: pool.slot_tensor(read_slots.into_iter()),
@@ -219,7 +219,7 @@ impl CausalLm {
         };
 
         // 2. Embeddings and per-token rotary tables.
-        let mut hidden = self.embed_tokens.clone().select(0, ids);
+        let mut hidden = self.embed_tokens.lookup(&ids, &self.device);
         let (cos, sin) = self.rotary.cos_sin(&positions);
 
         // 3. Pre-norm decoder layers with residuals.

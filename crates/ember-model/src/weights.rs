@@ -1,10 +1,11 @@
 //! The seam between weight files and the network: a [`WeightSource`] hands
 //! out host tensors by checkpoint key (Hugging Face names), and [`Loader`]
 //! puts them on the device in the chosen dtype. Safetensors and GGUF (which
-//! renames, and dequantizes every tensor to f32) both implement it.
+//! renames, and can hand out quantized blocks as they are) both implement it.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::cpu::QuantMatrix;
 use crate::error::Result;
 
 /// Tensors by Hugging Face checkpoint key.
@@ -13,6 +14,12 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor `name` in its stored float dtype, after checking its shape.
     fn read(&self, name: &str, expected_shape: &[usize]) -> Result<TensorData>;
+    /// The matrix `name` as the quantized blocks it is stored in, for the
+    /// CPU kernels; `None` when it is stored as floats (then `read` it).
+    fn read_quantized(&self, name: &str, expected_shape: [usize; 2]) -> Result<Option<QuantMatrix>> {
+        let _ = (name, expected_shape);
+        Ok(None)
+    }
 }
 
 /// Moves tensors from a source to a device, converting to one dtype.
@@ -20,6 +27,8 @@ pub struct Loader<'a> {
     pub source: &'a dyn WeightSource,
     pub device: &'a Device,
     pub dtype: DType,
+    /// Whether matrices stored quantized stay so (the CPU fast path).
+    pub keep_quantized: bool,
 }
 
 impl Loader<'_> {

@@ -38,6 +38,8 @@ fn dequantization_matches_the_gguf_package_block_by_block() -> anyhow::Result<()
         ("Q4_K", GgmlType::Q4K),
         ("Q5_K", GgmlType::Q5K),
         ("Q6_K", GgmlType::Q6K),
+        ("Q5_0", GgmlType::Q5_0),
+        ("Q5_1", GgmlType::Q5_1),
     ];
     for (name, ggml_type) in types {
         let case = cases.get(name).ok_or_else(|| anyhow::anyhow!("no {name} case"))?;

@@ -23,6 +23,8 @@ pub fn dequantize(ggml_type: GgmlType, data: &[u8], out: &mut Vec<f32>) {
             GgmlType::Q8_0 => q8_0(block, out),
             GgmlType::Q4_0 => q4_0(block, out),
             GgmlType::Q4_1 => q4_1(block, out),
+            GgmlType::Q5_0 => q5_0(block, out),
+            GgmlType::Q5_1 => q5_1(block, out),
             GgmlType::Q4K => q4_k(block, out),
             GgmlType::Q5K => q5_k(block, out),
             GgmlType::Q6K => q6_k(block, out),
@@ -51,6 +53,27 @@ fn q4_1(b: &[u8], out: &mut Vec<f32>) {
     let qs = &b[4..20];
     out.extend(qs.iter().map(|&q| d * f32::from(q & 0x0F) + m));
     out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
+}
+
+/// The 32 five-bit values of a Q5_0/Q5_1 block: `qh: u32` holds the fifth
+/// bit of element `j` at bit `j`; `qs` the low nibbles as in Q4_0.
+fn five_bit_values(qh: &[u8], qs: &[u8]) -> impl Iterator<Item = f32> {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let low = qs.iter().map(|&q| q & 0x0F).chain(qs.iter().map(|&q| q >> 4));
+    low.enumerate()
+        .map(move |(j, q)| f32::from(q | (((qh >> j) & 1) as u8) << 4))
+}
+
+/// `d: f16, qh: [u8; 4], qs: [u8; 16]`, x = d * (q - 16).
+fn q5_0(b: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    out.extend(five_bit_values(&b[2..6], &b[6..22]).map(|q| d * (q - 16.0)));
+}
+
+/// `d: f16, m: f16, qh: [u8; 4], qs: [u8; 16]`, x = d * q + m.
+fn q5_1(b: &[u8], out: &mut Vec<f32>) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    out.extend(five_bit_values(&b[4..8], &b[8..24]).map(|q| d * q + m));
 }
 
 /// Scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block: 6-bit

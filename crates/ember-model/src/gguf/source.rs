@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::TensorData;
 use memmap2::Mmap;
@@ -13,6 +14,7 @@ use memmap2::Mmap;
 use super::dequant::dequantize;
 use super::reader::{self, GgufHeader, MetadataValue, TensorInfo};
 use crate::config::{Architecture, ModelConfig};
+use crate::cpu::{QuantMatrix, QuantType, WeightBytes};
 use crate::error::{ModelError, Result};
 use crate::rope::{RopeConfig, RopeScaling};
 use crate::weights::WeightSource;
@@ -20,7 +22,7 @@ use crate::weights::WeightSource;
 /// A memory-mapped GGUF model file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     header: GgufHeader,
 }
 
@@ -39,7 +41,7 @@ impl GgufFile {
         })?;
         Ok(Self {
             path: path.to_owned(),
-            mmap,
+            mmap: Arc::new(mmap),
             header,
         })
     }
@@ -201,6 +203,43 @@ impl WeightSource for GgufFile {
     }
 
     fn read(&self, name: &str, expected_shape: &[usize]) -> Result<TensorData> {
+        let (gguf, info, shape) = self.checked_info(name, expected_shape)?;
+        // parse() checked that the range lies inside the file.
+        let bytes = &self.mmap[info.start..info.start + info.len];
+        let mut values = Vec::new();
+        dequantize(info.ggml_type, bytes, &mut values);
+        if let Some(heads) = self.rope_permuted_heads(&gguf)? {
+            values = unpermute_rows(&values, &shape, heads);
+        }
+        Ok(TensorData::new(values, shape))
+    }
+
+    fn read_quantized(&self, name: &str, expected_shape: [usize; 2]) -> Result<Option<QuantMatrix>> {
+        let (gguf, info, _) = self.checked_info(name, &expected_shape)?;
+        let Some(ty) = QuantType::from_ggml(info.ggml_type) else {
+            return Ok(None);
+        };
+        let [rows, cols] = expected_shape;
+        let bytes = WeightBytes::Mapped {
+            map: Arc::clone(&self.mmap),
+            range: info.start..info.start + info.len,
+        };
+        let matrix = QuantMatrix::new(ty, rows, cols, bytes).map_err(|e| ModelError::BadTensor {
+            path: self.path.clone(),
+            tensor: gguf.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(match self.rope_permuted_heads(&gguf)? {
+            Some(heads) => matrix.permute_rows(&unpermuted_order(rows, heads)),
+            None => matrix,
+        }))
+    }
+}
+
+impl GgufFile {
+    /// The tensor behind a Hugging Face name, checked against the shape the
+    /// model expects; with its GGUF name and its shape.
+    fn checked_info(&self, name: &str, expected_shape: &[usize]) -> Result<(String, &TensorInfo, Vec<usize>)> {
         let (gguf, info) = self.info(name).ok_or_else(|| ModelError::MissingTensor {
             path: self.path.clone(),
             tensor: gguf_name(name).unwrap_or_else(|| name.to_owned()),
@@ -214,14 +253,7 @@ impl WeightSource for GgufFile {
                 actual: shape,
             });
         }
-        // parse() checked that the range lies inside the file.
-        let bytes = &self.mmap[info.start..info.start + info.len];
-        let mut values = Vec::new();
-        dequantize(info.ggml_type, bytes, &mut values);
-        if let Some(heads) = self.rope_permuted_heads(&gguf)? {
-            values = unpermute_rows(&values, &shape, heads);
-        }
-        Ok(TensorData::new(values, shape))
+        Ok((gguf, info, shape))
     }
 }
 
@@ -255,19 +287,24 @@ impl GgufFile {
 fn unpermute_rows(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
     let rows = shape.first().copied().unwrap_or(0);
     let cols = if shape.len() > 1 { values.len() / rows.max(1) } else { 1 };
-    let head_rows = rows / heads.max(1);
-    let half = head_rows / 2;
-    let mut out = vec![0.0; values.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let from = (h * head_rows + 2 * i + j) * cols;
-                let to = (h * head_rows + j * half + i) * cols;
-                out[to..to + cols].copy_from_slice(&values[from..from + cols]);
-            }
-        }
+    let mut out = Vec::with_capacity(values.len());
+    for from in unpermuted_order(rows, heads) {
+        out.extend_from_slice(&values[from * cols..(from + 1) * cols]);
     }
     out
+}
+
+/// For each Hugging Face row, the GGUF row it is stored in (see `unpermute_rows`).
+fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
+    let head_rows = rows / heads.max(1);
+    let half = head_rows / 2;
+    (0..rows)
+        .map(|to| {
+            let (h, within) = (to / head_rows.max(1), to % head_rows.max(1));
+            let (j, i) = (within / half.max(1), within % half.max(1));
+            h * head_rows + 2 * i + j
+        })
+        .collect()
 }
 
 /// llama.cpp's name for a Hugging Face checkpoint key.

@@ -1,0 +1,415 @@
+//! AVX2 + FMA + F16C kernels (x86-64). One driver, generic over the block
+//! format: each format only says how to turn 32 of its values into four
+//! vectors of eight f32 (`q`), with the scale `d` and offset `m` that make
+//! them weights (`w = d * q + m`). The driver multiplies `q` into up to four
+//! tokens at once, so a block is unpacked once per four tokens.
+//!
+//! Layouts follow ggml's `block_q*` structs (ggml-common.h) and the
+//! reference `dequantize_row_*` in ggml-quants.c.
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use crate::cpu::quant::{QuantMatrix, QuantType};
+
+/// 32 values of a block, ready to multiply.
+struct Chunk {
+    q: [__m256; 4],
+    /// Multiplies the dot of `q` with the activations.
+    d: f32,
+    /// Added per element, so `m * sum(x)` per chunk; 0 for symmetric formats.
+    m: f32,
+}
+
+/// A GGML block format as the driver reads it.
+trait Format {
+    const BLOCK: usize;
+    const BYTES: usize;
+    /// Whether chunks carry an offset `m`.
+    const OFFSET: bool;
+    /// Chunk `sub` (0..BLOCK / 32) of the block at `b`.
+    unsafe fn chunk(b: *const u8, sub: usize) -> Chunk;
+}
+
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller points at two readable bytes.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
+    // SAFETY: F16C is enabled on every function that inlines this.
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+}
+
+/// Eight signed bytes (the low half of `v`) to eight f32.
+#[inline(always)]
+unsafe fn i8x8_to_f32(v: __m128i) -> __m256 {
+    // SAFETY: plain AVX2 arithmetic on registers.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)) }
+}
+
+/// Sixteen signed bytes each of `lo` (values 0..16) and `hi` (16..32).
+#[inline(always)]
+unsafe fn halves_to_f32(lo: __m128i, hi: __m128i) -> [__m256; 4] {
+    // SAFETY: plain AVX2 arithmetic on registers.
+    unsafe {
+        [
+            i8x8_to_f32(lo),
+            i8x8_to_f32(_mm_srli_si128::<8>(lo)),
+            i8x8_to_f32(hi),
+            i8x8_to_f32(_mm_srli_si128::<8>(hi)),
+        ]
+    }
+}
+
+#[inline(always)]
+unsafe fn bytes32_to_f32(v: __m256i) -> [__m256; 4] {
+    // SAFETY: plain AVX2 arithmetic on registers.
+    unsafe { halves_to_f32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)) }
+}
+
+/// Low and high nibbles of 16 bytes: values 0..16 and 16..32 of a Q4/Q5 block.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> (__m128i, __m128i) {
+    // SAFETY: the caller points at 16 readable bytes.
+    unsafe {
+        let raw = _mm_loadu_si128(p.cast());
+        let mask = _mm_set1_epi8(0x0F);
+        (_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16::<4>(raw), mask))
+    }
+}
+
+/// 16 bits to 16 bytes, byte `j` = 0x10 when bit `j` is set: the fifth bit
+/// of Q5_0/Q5_1 values.
+#[inline(always)]
+unsafe fn fifth_bits(bits: u32) -> __m128i {
+    // SAFETY: plain SSE arithmetic on registers.
+    unsafe {
+        let spread = _mm_shuffle_epi8(
+            _mm_cvtsi32_si128(bits as i32),
+            _mm_set_epi8(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        );
+        let select = _mm_set_epi8(-128, 64, 32, 16, 8, 4, 2, 1, -128, 64, 32, 16, 8, 4, 2, 1);
+        let set = _mm_cmpeq_epi8(_mm_and_si128(spread, select), select);
+        _mm_and_si128(set, _mm_set1_epi8(0x10))
+    }
+}
+
+#[inline(always)]
+unsafe fn read_u32(p: *const u8) -> u32 {
+    // SAFETY: the caller points at four readable bytes.
+    unsafe { std::ptr::read_unaligned(p.cast::<u32>()) }
+}
+
+struct Q8_0;
+impl Format for Q8_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 34;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, _: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let qs = b.add(2);
+            let load = |i: usize| i8x8_to_f32(_mm_loadl_epi64(qs.add(8 * i).cast()));
+            Chunk {
+                q: [load(0), load(1), load(2), load(3)],
+                d: f16_at(b),
+                m: 0.0,
+            }
+        }
+    }
+}
+
+struct Q4_0;
+impl Format for Q4_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 18;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, _: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let (lo, hi) = nibbles(b.add(2));
+            let eight = _mm_set1_epi8(8);
+            Chunk {
+                q: halves_to_f32(_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight)),
+                d: f16_at(b),
+                m: 0.0,
+            }
+        }
+    }
+}
+
+struct Q4_1;
+impl Format for Q4_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 20;
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, _: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let (lo, hi) = nibbles(b.add(4));
+            Chunk {
+                q: halves_to_f32(lo, hi),
+                d: f16_at(b),
+                m: f16_at(b.add(2)),
+            }
+        }
+    }
+}
+
+struct Q5_0;
+impl Format for Q5_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 22;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, _: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let qh = read_u32(b.add(2));
+            let (lo, hi) = nibbles(b.add(6));
+            let sixteen = _mm_set1_epi8(16);
+            let lo = _mm_sub_epi8(_mm_or_si128(lo, fifth_bits(qh & 0xFFFF)), sixteen);
+            let hi = _mm_sub_epi8(_mm_or_si128(hi, fifth_bits(qh >> 16)), sixteen);
+            Chunk {
+                q: halves_to_f32(lo, hi),
+                d: f16_at(b),
+                m: 0.0,
+            }
+        }
+    }
+}
+
+struct Q5_1;
+impl Format for Q5_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 24;
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, _: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let qh = read_u32(b.add(4));
+            let (lo, hi) = nibbles(b.add(8));
+            let lo = _mm_or_si128(lo, fifth_bits(qh & 0xFFFF));
+            let hi = _mm_or_si128(hi, fifth_bits(qh >> 16));
+            Chunk {
+                q: halves_to_f32(lo, hi),
+                d: f16_at(b),
+                m: f16_at(b.add(2)),
+            }
+        }
+    }
+}
+
+/// Scale and minimum factors (6 bits each) of sub-block `j` of a Q4_K/Q5_K
+/// block (ggml's `get_scale_min_k4`).
+#[inline(always)]
+fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+/// Q4_K/Q5_K sub-block `sub`: its 4-bit values from the 32 bytes it shares
+/// with its neighbour (low nibbles for even `sub`, high for odd), and its
+/// scale and offset.
+#[inline(always)]
+unsafe fn k4_sub(b: *const u8, qs: *const u8, sub: usize) -> (__m256i, f32, f32) {
+    // SAFETY: `b` is a whole Q4_K/Q5_K block and `qs` its 128 nibble bytes.
+    unsafe {
+        let raw = _mm256_loadu_si256(qs.add((sub / 2) * 32).cast());
+        let shift = _mm_cvtsi32_si128(((sub % 2) * 4) as i32);
+        let v = _mm256_and_si256(_mm256_srl_epi16(raw, shift), _mm256_set1_epi8(0x0F));
+        let scales = &*b.add(4).cast::<[u8; 12]>();
+        let (sc, mn) = scale_min_k4(sub, scales);
+        (v, f16_at(b) * f32::from(sc), -f16_at(b.add(2)) * f32::from(mn))
+    }
+}
+
+struct Q4K;
+impl Format for Q4K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 144;
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, sub: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let (v, d, m) = k4_sub(b, b.add(16), sub);
+            Chunk {
+                q: bytes32_to_f32(v),
+                d,
+                m,
+            }
+        }
+    }
+}
+
+struct Q5K;
+impl Format for Q5K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 176;
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, sub: usize) -> Chunk {
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let (v, d, m) = k4_sub(b, b.add(48), sub);
+            // The fifth bit of element l of sub-block `sub` is bit `sub` of qh[l].
+            let qh = _mm256_loadu_si256(b.add(16).cast());
+            let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(sub as i32)), _mm256_set1_epi8(1));
+            Chunk {
+                q: bytes32_to_f32(_mm256_or_si256(v, _mm256_slli_epi16::<4>(high))),
+                d,
+                m,
+            }
+        }
+    }
+}
+
+struct Q6K;
+impl Format for Q6K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 210;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn chunk(b: *const u8, sub: usize) -> Chunk {
+        // Sub-block `sub` is run `sub % 4` of half `sub / 4`: low 4 bits from
+        // ql (low nibbles for runs 0-1, high for 2-3), two high bits from qh,
+        // minus 32; one signed scale per 16 values.
+        let (half, run) = (sub / 4, sub % 4);
+        // SAFETY: `b` is a whole block.
+        unsafe {
+            let ql = _mm256_loadu_si256(b.add(half * 64 + (run % 2) * 32).cast());
+            let qh = _mm256_loadu_si256(b.add(128 + half * 32).cast());
+            let low = _mm256_and_si256(
+                _mm256_srl_epi16(ql, _mm_cvtsi32_si128((4 * (run / 2)) as i32)),
+                _mm256_set1_epi8(0x0F),
+            );
+            let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128((2 * run) as i32)), _mm256_set1_epi8(3));
+            let v = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16::<4>(high)), _mm256_set1_epi8(32));
+            let [q0, q1, q2, q3] = bytes32_to_f32(v);
+            let scales = b.add(192).cast::<i8>();
+            let first = half * 8 + run * 2;
+            let s0 = _mm256_set1_ps(f32::from(*scales.add(first)));
+            let s1 = _mm256_set1_ps(f32::from(*scales.add(first + 1)));
+            Chunk {
+                q: [_mm256_mul_ps(q0, s0), _mm256_mul_ps(q1, s0), _mm256_mul_ps(q2, s1), _mm256_mul_ps(q3, s1)],
+                d: f16_at(b.add(208)),
+                m: 0.0,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: plain AVX arithmetic on registers.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Dots of one row with `T` consecutive tokens starting at `x` (`[T, cols]`).
+#[inline(always)]
+unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, x: *const f32, sums: *const f32) -> [f32; T] {
+    let chunks = cols / 32;
+    // SAFETY: the driver passes a whole row and `T` tokens of `cols`
+    // activations and `cols / 32` sums each.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut offsets = [0.0f32; T];
+        for b in 0..cols / F::BLOCK {
+            let block = row.add(b * F::BYTES);
+            for sub in 0..F::BLOCK / 32 {
+                let Chunk { q, d, m } = F::chunk(block, sub);
+                let c = b * (F::BLOCK / 32) + sub;
+                let d = _mm256_set1_ps(d);
+                for t in 0..T {
+                    let xp = x.add(t * cols + c * 32);
+                    let mut p = _mm256_mul_ps(q[0], _mm256_loadu_ps(xp));
+                    p = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xp.add(8)), p);
+                    p = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xp.add(16)), p);
+                    p = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xp.add(24)), p);
+                    acc[t] = _mm256_fmadd_ps(d, p, acc[t]);
+                    if F::OFFSET {
+                        offsets[t] += m * *sums.add(t * chunks + c);
+                    }
+                }
+            }
+        }
+        let mut out = [0.0f32; T];
+        for t in 0..T {
+            out[t] = hsum(acc[t]) + offsets[t];
+        }
+        out
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, x: &[f32], sums: &[f32], m: usize, out: *mut f32, ldo: usize) {
+    let cols = w.cols();
+    let data = w.data().as_ptr();
+    for r in rows {
+        // SAFETY: `r < w.rows()`, so the row is inside `data`; tokens and
+        // output indices are within what the caller vouched for.
+        unsafe {
+            let row = data.add(r * w.row_bytes());
+            let mut t = 0;
+            while t < m {
+                let (x, s) = (x.as_ptr().add(t * cols), sums.as_ptr().add(t * (cols / 32)));
+                let n = match m - t {
+                    1 => {
+                        let [a] = row_tokens::<F, 1>(row, cols, x, s);
+                        *out.add(t * ldo + r) = a;
+                        1
+                    }
+                    2 => {
+                        let v = row_tokens::<F, 2>(row, cols, x, s);
+                        v.iter().enumerate().for_each(|(i, v)| *out.add((t + i) * ldo + r) = *v);
+                        2
+                    }
+                    3 => {
+                        let v = row_tokens::<F, 3>(row, cols, x, s);
+                        v.iter().enumerate().for_each(|(i, v)| *out.add((t + i) * ldo + r) = *v);
+                        3
+                    }
+                    _ => {
+                        let v = row_tokens::<F, 4>(row, cols, x, s);
+                        v.iter().enumerate().for_each(|(i, v)| *out.add((t + i) * ldo + r) = *v);
+                        4
+                    }
+                };
+                t += n;
+            }
+        }
+    }
+}
+
+/// See [`super::dot_rows`].
+///
+/// # Safety
+/// As [`super::dot_rows`], and the CPU must have AVX2, FMA and F16C.
+pub unsafe fn dot_rows(w: &QuantMatrix, rows: Range<usize>, x: &[f32], sums: &[f32], m: usize, out: *mut f32, ldo: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match w.quant_type() {
+            QuantType::Q4_0 => drive::<Q4_0>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q4_1 => drive::<Q4_1>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q5_0 => drive::<Q5_0>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q5_1 => drive::<Q5_1>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q8_0 => drive::<Q8_0>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q4K => drive::<Q4K>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q5K => drive::<Q5K>(w, rows, x, sums, m, out, ldo),
+            QuantType::Q6K => drive::<Q6K>(w, rows, x, sums, m, out, ldo),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Every kernel against dequantize-then-dot, on random blocks of every
+//! format: random bytes exercise every bit of the layouts, and the scales
+//! are set to ordinary, tiny, huge and negative values.
+
+use super::*;
+use crate::cpu::quant::{QuantType, WeightBytes};
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Byte offsets of a block's f16 scales (which must be finite).
+fn scale_offsets(ty: QuantType) -> &'static [usize] {
+    match ty {
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => &[0, 2],
+        QuantType::Q6K => &[208],
+    }
+}
+
+fn random_matrix(ty: QuantType, rows: usize, cols: usize, scale: f32, rng: &mut Rng) -> QuantMatrix {
+    let (block, block_bytes) = ty.block();
+    let blocks = rows * cols / block;
+    let mut bytes: Vec<u8> = (0..blocks * block_bytes).map(|_| rng.byte()).collect();
+    for b in 0..blocks {
+        for &off in scale_offsets(ty) {
+            let s = scale * (0.5 + rng.f32().abs());
+            let s = if rng.byte() & 1 == 0 { s } else { -s };
+            bytes[b * block_bytes + off..b * block_bytes + off + 2].copy_from_slice(&half::f16::from_f32(s).to_le_bytes());
+        }
+    }
+    QuantMatrix::new(ty, rows, cols, WeightBytes::Owned(bytes.into())).expect("shape")
+}
+
+fn reference(w: &QuantMatrix, x: &[f32], m: usize) -> Vec<f32> {
+    let dense = w.dequantize();
+    let (n, k) = (w.rows(), w.cols());
+    let mut out = vec![0.0f32; m * n];
+    for t in 0..m {
+        for r in 0..n {
+            out[t * n + r] = (0..k).map(|i| f64::from(dense[r * k + i]) * f64::from(x[t * k + i])).sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+fn run(isa: Isa, w: &QuantMatrix, x: &[f32], m: usize) -> Vec<f32> {
+    let n = w.rows();
+    let mut out = vec![f32::NAN; m * n];
+    let sums = chunk_sums(x);
+    // SAFETY: `out` holds m * n elements and is written by this thread only.
+    unsafe { dot_rows(isa, w, 0..n, x, &sums, m, out.as_mut_ptr(), n) };
+    out
+}
+
+fn check(isa: Isa, ty: QuantType, scale: f32, m: usize) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (ty as u64) << 8 ^ m as u64);
+    let (rows, cols) = (5, 512);
+    let w = random_matrix(ty, rows, cols, scale, &mut rng);
+    let x: Vec<f32> = (0..m * cols).map(|_| rng.f32()).collect();
+    let want = reference(&w, &x, m);
+    let got = run(isa, &w, &x, m);
+    // Summation order differs (blocks, lanes); the error scales with the
+    // magnitude of the terms, bounded by sum |w| |x|.
+    let dense = w.dequantize();
+    for t in 0..m {
+        for r in 0..rows {
+            let bound: f32 = (0..cols).map(|i| (dense[r * cols + i] * x[t * cols + i]).abs()).sum();
+            let (g, e) = (got[t * rows + r], want[t * rows + r]);
+            assert!(
+                (g - e).abs() <= 2e-5 * bound.max(f32::MIN_POSITIVE),
+                "{isa:?} {ty:?} scale {scale} m {m}: row {r} token {t}: got {g}, want {e} (bound {bound})"
+            );
+        }
+    }
+}
+
+#[test]
+fn scalar_kernels_match_dequantize_then_dot() {
+    for ty in QuantType::ALL {
+        for scale in [0.01, 1e-6, 300.0] {
+            check(Isa::Scalar, ty, scale, 1);
+            check(Isa::Scalar, ty, scale, 3);
+        }
+    }
+}
+
+#[test]
+fn simd_kernels_match_dequantize_then_dot() {
+    let isa = detect();
+    if isa == Isa::Scalar {
+        eprintln!("no SIMD kernels on this CPU; the scalar test covers it");
+        return;
+    }
+    for ty in QuantType::ALL {
+        for scale in [0.01, 1e-6, 300.0, 4e4] {
+            for m in [1, 2, 3, 4, 5, 9] {
+                check(isa, ty, scale, m);
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_write_only_their_rows_and_stride() {
+    let mut rng = Rng(42);
+    let w = random_matrix(QuantType::Q4_1, 8, 64, 0.02, &mut rng);
+    let x: Vec<f32> = (0..2 * 64).map(|_| rng.f32()).collect();
+    let sums = chunk_sums(&x);
+    for isa in [Isa::Scalar, detect()] {
+        let ldo = 11;
+        let mut out = vec![7.0f32; 2 * ldo];
+        // SAFETY: indices t * 11 + r for r in 2..5, t in 0..2 are inside `out`.
+        unsafe { dot_rows(isa, &w, 2..5, &x, &sums, 2, out.as_mut_ptr(), ldo) };
+        for (i, v) in out.iter().enumerate() {
+            let written = (2..5).contains(&(i % ldo));
+            assert_eq!(*v == 7.0, !written, "{isa:?}: index {i}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! printing here, everything else in the library crates.
 
 mod bench;
+mod cpu_args;
 mod chat;
 mod device;
 mod engine_args;

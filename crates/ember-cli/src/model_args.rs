@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use ember_engine::LoadedModel;
 use ember_engine::default_model::default_model_path;
 
+use crate::cpu_args::CpuArgs;
 use crate::device::{DeviceChoice, DtypeChoice};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +21,8 @@ pub struct ModelArgs {
     /// Weight and activation dtype (f32 on CPU: flex's bf16 matmul is slow).
     #[arg(long, value_enum, default_value_t = DtypeChoice::F32)]
     pub dtype: DtypeChoice,
+    #[command(flatten)]
+    pub cpu: CpuArgs,
 }
 
 impl ModelArgs {
@@ -33,7 +36,8 @@ impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
         let path = self.path()?;
         let device = self.device.device()?;
-        LoadedModel::open(&path, &device, self.dtype.dtype())
+        let options = self.cpu.apply()?;
+        LoadedModel::open_with(&path, &device, self.dtype.dtype(), options)
             .with_context(|| format!("loading model from {}", path.display()))
     }
 }

@@ -12,6 +12,7 @@ use clap::ValueEnum;
 use ember_engine::{EngineHandle, LoadedModel};
 use ember_gateway::{AppState, GatewayMetrics, ServeConfig};
 
+use crate::cpu_args::CpuArgs;
 use crate::device::{DeviceChoice, DtypeChoice};
 use crate::engine_args::EngineArgs;
 
@@ -42,6 +43,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     dtype: Option<DtypeChoice>,
     #[command(flatten)]
+    cpu: CpuArgs,
+    #[command(flatten)]
     engine: EngineArgs,
 }
 
@@ -63,6 +66,10 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
     }
     if let Some(d) = args.dtype {
         m.dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
+    }
+    m.threads = args.cpu.threads.or(m.threads);
+    if let Some(d) = args.cpu.kv_cache_dtype {
+        m.kv_cache_dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
     }
     args.engine.overlay(&mut c.engine);
     Ok(c)
@@ -91,6 +98,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let device: DeviceChoice = parse_choice(c.model.device.as_deref(), "device")?.unwrap_or(DeviceChoice::Flex);
     let dtype: DtypeChoice = parse_choice(c.model.dtype.as_deref(), "dtype")?.unwrap_or(DtypeChoice::F32);
+    let load_options = CpuArgs {
+        threads: c.model.threads,
+        kv_cache_dtype: parse_choice(c.model.kv_cache_dtype.as_deref(), "kv_cache_dtype")?,
+    }
+    .apply()?;
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
     let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
     let engine_config = c.engine.engine_config(Some(metrics.clone()))?;
@@ -102,7 +114,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let device = device.device()?;
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
-        let loaded = LoadedModel::open(&model_path, &device, dtype.dtype())
+        let loaded = LoadedModel::open_with(&model_path, &device, dtype.dtype(), load_options)
             .with_context(|| format!("loading model from {}", model_path.display()))
             .and_then(|loaded| Ok(EngineHandle::start(loaded, engine_config)?));
         match loaded {

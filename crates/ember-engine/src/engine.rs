@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ember_model::KvPool;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::error::{EngineError, Result};
@@ -133,6 +132,8 @@ pub struct EngineInfo {
     pub max_num_batched_tokens: usize,
     pub max_num_seqs: usize,
     pub max_queue_len: usize,
+    /// Which code computes the model (the CPU fast path and its settings).
+    pub compute: String,
 }
 
 impl std::fmt::Display for EngineInfo {
@@ -140,7 +141,7 @@ impl std::fmt::Display for EngineInfo {
         write!(
             f,
             "KV cache {:.1} MiB: {} blocks x {} tokens ({} tokens); max_model_len {}, \
-             max_num_batched_tokens {}, max_num_seqs {}, queue {}",
+             max_num_batched_tokens {}, max_num_seqs {}, queue {}; {}",
             self.kv_cache_bytes as f64 / (1024.0 * 1024.0),
             self.num_blocks,
             self.block_size,
@@ -149,6 +150,7 @@ impl std::fmt::Display for EngineInfo {
             self.max_num_batched_tokens,
             self.max_num_seqs,
             self.max_queue_len,
+            self.compute,
         )
     }
 }
@@ -183,7 +185,7 @@ impl EngineHandle {
                 "block_size, max_num_batched_tokens and max_num_seqs must be positive".into(),
             ));
         }
-        let bytes_per_block = KvPool::bytes_per_block(model.config(), config.block_size, model.dtype()) as u64;
+        let bytes_per_block = model.kv_bytes_per_block(config.block_size) as u64;
         let budget = match config.kv_cache_memory {
             KvCacheMemory::Bytes(b) => b,
             KvCacheMemory::Tokens(t) => (t.div_ceil(config.block_size) as u64) * bytes_per_block,
@@ -215,6 +217,7 @@ impl EngineHandle {
             max_num_batched_tokens: config.max_num_batched_tokens,
             max_num_seqs: config.max_num_seqs,
             max_queue_len: config.max_queue_len,
+            compute: model.compute_summary(),
         };
         let stats = Arc::new(EngineStats::default());
         let scheduler = Scheduler::new(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use ember_model::gguf::{GgufFile, MetadataValue};
-use ember_model::{CausalLm, DType, Device, ModelConfig, ModelError};
+use ember_model::{CausalLm, DType, Device, LoadOptions, ModelConfig, ModelError};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
@@ -75,15 +75,21 @@ impl ModelInfo {
 impl LoadedModel {
     /// Opens a Hugging Face model directory or a `.gguf` file.
     pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::open_with(path, device, dtype, LoadOptions::default())
+    }
+
+    /// As `open`, with the CPU fast path's options (KV cache dtype, or the
+    /// fast path off).
+    pub fn open_with(path: &Path, device: &Device, dtype: DType, options: LoadOptions) -> Result<Self> {
         if path.is_dir() {
-            Self::from_dir(path, device, dtype)
+            Self::from_dir(path, device, dtype, options)
         } else {
-            Self::from_gguf(path, device, dtype)
+            Self::from_gguf(path, device, dtype, options)
         }
     }
 
-    fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let model = CausalLm::from_dir(dir, device, dtype)?;
+    fn from_dir(dir: &Path, device: &Device, dtype: DType, options: LoadOptions) -> Result<Self> {
+        let model = CausalLm::from_dir_with(dir, device, dtype, options)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.is_file() {
             Some(TextTokenizer::from_file(&tokenizer_path)?)
@@ -125,9 +131,9 @@ impl LoadedModel {
         Ok(Self { model, info })
     }
 
-    fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    fn from_gguf(path: &Path, device: &Device, dtype: DType, options: LoadOptions) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let model = CausalLm::from_gguf(&file, device, dtype)?;
+        let model = CausalLm::from_gguf_with(&file, device, dtype, options)?;
         let meta = file.metadata();
         // A GGUF without tokenizer metadata still runs on token ids.
         let tokenizer = if meta.contains_key("tokenizer.ggml.model") {

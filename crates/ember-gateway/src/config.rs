@@ -81,6 +81,10 @@ pub struct ModelSection {
     pub device: Option<String>,
     /// `f32`, `f16` or `bf16`.
     pub dtype: Option<String>,
+    /// Threads of the CPU kernels; the physical cores when absent.
+    pub threads: Option<usize>,
+    /// `f32` or `f16`: KV cache element type on the CPU fast path.
+    pub kv_cache_dtype: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

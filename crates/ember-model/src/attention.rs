@@ -9,6 +9,9 @@ use burn::tensor::{Int, Tensor};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::ModelConfig;
+use crate::cpu::attention::{Causal, Heads, SequenceView, paged_attention};
+use crate::cpu::kv::HostKv;
+use crate::cpu::tensor::{HostF32, from_vec};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvPool;
 use crate::linear::Linear;
@@ -30,19 +33,41 @@ pub struct Attention {
 
 /// Where one step's tokens live: rows of the flattened token matrix, the
 /// pool slots their new keys go to, and each sequence's history to read.
-pub(crate) struct StepLayout {
+pub(crate) struct StepLayout<'a> {
     /// One slot per new token, in row order.
+    pub write_slots: Vec<usize>,
+    /// Each sequence's rows, cached length and block table.
+    pub sequences: Vec<SequenceView<'a>>,
+    /// The same as index tensors, for pools of Burn tensors (absent on the
+    /// host pool, which is read in place).
+    pub tensors: Option<SlotTensors>,
+}
+
+pub(crate) struct SlotTensors {
     pub write_slots: Tensor<1, Int>,
     /// Every sequence's full history (past and new), concatenated.
     pub read_slots: Tensor<1, Int>,
-    pub sequences: Vec<SequenceRows>,
+    /// Each sequence's span in `read_slots`.
+    pub history: Vec<Range<usize>>,
 }
 
-pub(crate) struct SequenceRows {
-    /// This sequence's new tokens in the flattened matrix.
-    pub rows: Range<usize>,
-    /// Its history's span in `read_slots`.
-    pub history: Range<usize>,
+impl SlotTensors {
+    pub fn new(pool: &KvPool, write_slots: &[usize], sequences: &[SequenceView<'_>]) -> Self {
+        let bs = pool.block_size();
+        let mut read = Vec::new();
+        let mut history = Vec::with_capacity(sequences.len());
+        for seq in sequences {
+            let start = read.len();
+            let total = seq.past_len + seq.rows.len();
+            read.extend((0..total).map(|p| seq.block_table[p / bs] as usize * bs + p % bs));
+            history.push(start..read.len());
+        }
+        Self {
+            write_slots: pool.slot_tensor(write_slots.iter().copied()),
+            read_slots: pool.slot_tensor(read.into_iter()),
+            history,
+        }
+    }
 }
 
 impl Attention {
@@ -79,7 +104,7 @@ impl Attention {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         pool: &mut KvPool,
-        layout: &StepLayout,
+        layout: &StepLayout<'_>,
     ) -> Result<Tensor<2>> {
         let tokens = x.dims()[0];
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -104,16 +129,21 @@ impl Attention {
         // 3. RoPE at each token's own position, then into the paged cache.
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
-        pool.write(layer, &layout.write_slots, k.reshape([tokens, kvh * d]), v);
-        let (keys, values) = pool.read(layer, &layout.read_slots).ok_or(ModelError::KvPoolLost)?;
+        if let Some(host) = pool.host_mut() {
+            return Ok(self.attend_host(layer, q, k, v, host, layout));
+        }
+        let slots = layout.tensors.as_ref().ok_or(ModelError::KvPoolLost)?;
+        pool.write(layer, &slots.write_slots, k.reshape([tokens, kvh * d]), v);
+        let (keys, values) = pool.read(layer, &slots.read_slots).ok_or(ModelError::KvPoolLost)?;
 
         // 4. Attention per sequence over its own history.
         let outputs = layout
             .sequences
             .iter()
-            .map(|seq| {
+            .zip(&slots.history)
+            .map(|(seq, history)| {
                 let (start, n) = (seq.rows.start, seq.rows.len());
-                let (past_start, len) = (seq.history.start, seq.history.len());
+                let (past_start, len) = (history.start, history.len());
                 let heads_first = |t: Tensor<2>| t.narrow(0, past_start, len).reshape([len, kvh, d]).swap_dims(0, 1);
                 let q = q.clone().narrow(0, start, n).swap_dims(0, 1).unsqueeze_dim::<4>(0);
                 let k = self.repeat_kv(heads_first(keys.clone())).unsqueeze_dim::<4>(0);
@@ -132,6 +162,34 @@ impl Attention {
         Ok(self.o_proj.forward(Tensor::cat(outputs, 0)))
     }
 
+    /// The CPU fast path from the new keys on: they go straight into their
+    /// host pool slots, and one paged-attention call covers the batch.
+    fn attend_host(
+        &self,
+        layer: usize,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<2>,
+        pool: &mut HostKv,
+        layout: &StepLayout<'_>,
+    ) -> Tensor<2> {
+        let [tokens, h, d] = q.dims();
+        let width = self.num_kv_heads * d;
+        let (k, v) = (host_values(k.reshape([tokens, width])), host_values(v));
+        for (row, &slot) in layout.write_slots.iter().enumerate() {
+            pool.write(layer, slot, &k[row * width..(row + 1) * width], &v[row * width..(row + 1) * width]);
+        }
+        let q = host_values(q.reshape([tokens, h * d]));
+        let mut out = vec![0.0f32; tokens * h * d];
+        let shape = Heads {
+            heads: h,
+            kv_heads: self.num_kv_heads,
+            head_dim: d,
+        };
+        paged_attention(&q, &pool.layer(layer), &layout.sequences, &Causal, shape, &mut out);
+        self.o_proj.forward(from_vec(out, [tokens, h * d]))
+    }
+
     /// `[kv_heads, len, d]` -> `[heads, len, d]`, each kv head serving its
     /// group of consecutive query heads (Hugging Face's `repeat_kv`). Done
     /// explicitly because not every device's attention kernel takes GQA shapes.
@@ -144,5 +202,16 @@ impl Attention {
         t.unsqueeze_dim::<4>(1)
             .repeat_dim(1, groups)
             .reshape([kvh * groups, len, d])
+    }
+}
+
+/// A tensor's values on the host (the fast path's tensors already are).
+fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    match HostF32::new(&t) {
+        Some(host) => {
+            drop(t);
+            host.into_vec()
+        }
+        None => t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default(),
     }
 }

@@ -10,33 +10,71 @@
 //! is uniquely owned, which is why the pools sit in `Option`s that are taken
 //! for the write and put back), and a sequence's history is one `select`.
 
+//! On the CPU fast path the pool is host memory instead
+//! ([`HostKv`](crate::cpu::kv::HostKv)): committed as it is written, and
+//! read in place by the paged-attention kernel.
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn::tensor::IndexingUpdateOp;
 
 use crate::config::ModelConfig;
+use crate::cpu::kv::{HostKv, KvDtype};
 
 /// The key and value pools of every layer.
 pub struct KvPool {
-    keys: Vec<Option<Tensor<2>>>,
-    values: Vec<Option<Tensor<2>>>,
+    storage: Storage,
     block_size: usize,
     num_blocks: usize,
+    num_layers: usize,
     width: usize,
     device: Device,
     dtype: DType,
 }
 
+enum Storage {
+    /// Burn tensors on the model's device, one pair per layer.
+    Tensors {
+        keys: Vec<Option<Tensor<2>>>,
+        values: Vec<Option<Tensor<2>>>,
+    },
+    /// Host memory for the CPU kernels.
+    Host(HostKv),
+}
+
 impl KvPool {
-    /// A zeroed pool of `num_blocks` blocks of `block_size` tokens for `config`.
-    pub fn new(config: &ModelConfig, num_blocks: usize, block_size: usize, device: &Device, dtype: DType) -> Self {
+    /// A zeroed pool of `num_blocks` blocks of `block_size` tokens for
+    /// `config`: Burn tensors in `dtype` on `device`, or with `host` set (the
+    /// CPU fast path), host memory holding that element type.
+    pub fn new(
+        config: &ModelConfig,
+        num_blocks: usize,
+        block_size: usize,
+        device: &Device,
+        dtype: DType,
+        host: Option<KvDtype>,
+    ) -> Self {
         let width = config.num_key_value_heads * config.head_dim;
-        let slots = num_blocks * block_size;
-        let zeros = || Some(Tensor::<2>::zeros([slots, width], (device, dtype)));
+        let block_size = block_size.max(1);
+        let layers = config.num_hidden_layers;
+        // Out of address space, the host pool falls back to tensors (which
+        // will then fail to allocate the way they always have).
+        let host = host.and_then(|kv_dtype| HostKv::new(layers, num_blocks, block_size, width, kv_dtype).ok());
+        let storage = match host {
+            Some(host) => Storage::Host(host),
+            None => {
+                let slots = num_blocks * block_size;
+                let zeros = || Some(Tensor::<2>::zeros([slots, width], (device, dtype)));
+                Storage::Tensors {
+                    keys: (0..layers).map(|_| zeros()).collect(),
+                    values: (0..layers).map(|_| zeros()).collect(),
+                }
+            }
+        };
         Self {
-            keys: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
-            values: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
-            block_size: block_size.max(1),
+            storage,
+            block_size,
             num_blocks,
+            num_layers: layers,
             width,
             device: device.clone(),
             dtype,
@@ -44,8 +82,8 @@ impl KvPool {
     }
 
     /// Bytes one block takes over all layers, keys and values.
-    pub fn bytes_per_block(config: &ModelConfig, block_size: usize, dtype: DType) -> usize {
-        2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * dtype.size()
+    pub fn bytes_per_block(config: &ModelConfig, block_size: usize, element_bytes: usize) -> usize {
+        2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element_bytes
     }
 
     pub fn block_size(&self) -> usize {
@@ -57,19 +95,42 @@ impl KvPool {
     }
 
     pub fn num_layers(&self) -> usize {
-        self.keys.len()
+        self.num_layers
     }
 
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// The host storage, when the pool lives on the CPU fast path.
+    pub(crate) fn host_mut(&mut self) -> Option<&mut HostKv> {
+        match &mut self.storage {
+            Storage::Host(host) => Some(host),
+            Storage::Tensors { .. } => None,
+        }
+    }
+
+    pub(crate) fn is_host(&self) -> bool {
+        matches!(self.storage, Storage::Host(_))
+    }
+
     /// Appends `extra` zeroed blocks (a single growing sequence's cache).
     pub fn grow(&mut self, extra: usize) {
-        let zeros = Tensor::<2>::zeros([extra * self.block_size, self.width], (&self.device, self.dtype));
-        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            if let Some(t) = pool.take() {
-                *pool = Some(Tensor::cat(vec![t, zeros.clone()], 0));
+        let (block_size, width) = (self.block_size, self.width);
+        match &mut self.storage {
+            Storage::Host(host) => match host.grown(extra) {
+                Ok(bigger) => *host = bigger,
+                // Out of address space: leave the pool as it was; the step
+                // that needed the room fails with BlockTableTooShort.
+                Err(_) => return,
+            },
+            Storage::Tensors { keys, values } => {
+                let zeros = Tensor::<2>::zeros([extra * block_size, width], (&self.device, self.dtype));
+                for pool in keys.iter_mut().chain(values.iter_mut()) {
+                    if let Some(t) = pool.take() {
+                        *pool = Some(Tensor::cat(vec![t, zeros.clone()], 0));
+                    }
+                }
             }
         }
         self.num_blocks += extra;
@@ -78,7 +139,10 @@ impl KvPool {
     /// Whether every layer's pools are present: false only after a panic
     /// inside a write, after which the engine must rebuild the pool.
     pub fn is_intact(&self) -> bool {
-        self.keys.iter().chain(self.values.iter()).all(Option::is_some)
+        match &self.storage {
+            Storage::Host(_) => true,
+            Storage::Tensors { keys, values } => keys.iter().chain(values.iter()).all(Option::is_some),
+        }
     }
 
     /// An index tensor of slot numbers.
@@ -90,7 +154,8 @@ impl KvPool {
 
     /// Writes `[n, kv_heads * head_dim]` keys and values into `slots` of `layer`.
     pub(crate) fn write(&mut self, layer: usize, slots: &Tensor<1, Int>, keys: Tensor<2>, values: Tensor<2>) {
-        for (pool, new) in [(&mut self.keys[layer], keys), (&mut self.values[layer], values)] {
+        let Storage::Tensors { keys: key_pools, values: value_pools } = &mut self.storage else { return };
+        for (pool, new) in [(&mut key_pools[layer], keys), (&mut value_pools[layer], values)] {
             if let Some(t) = pool.take() {
                 *pool = Some(t.select_assign(0, slots.clone(), new, IndexingUpdateOp::Assign));
             }
@@ -98,10 +163,11 @@ impl KvPool {
     }
 
     /// Reads the keys and values at `slots` of `layer`, `[n, kv_heads * head_dim]`.
-    /// `None` only when the pool was lost (see `is_intact`).
+    /// `None` when the pool was lost (see `is_intact`) or lives on the host.
     pub(crate) fn read(&self, layer: usize, slots: &Tensor<1, Int>) -> Option<(Tensor<2>, Tensor<2>)> {
-        let k = self.keys[layer].as_ref()?.clone().select(0, slots.clone());
-        let v = self.values[layer].as_ref()?.clone().select(0, slots.clone());
+        let Storage::Tensors { keys, values } = &self.storage else { return None };
+        let k = keys[layer].as_ref()?.clone().select(0, slots.clone());
+        let v = values[layer].as_ref()?.clone().select(0, slots.clone());
         Some((k, v))
     }
 }
@@ -116,11 +182,9 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(config: &ModelConfig, device: &Device, dtype: DType) -> Self {
-        Self {
-            pool: KvPool::new(config, 4, 16, device, dtype),
-            len: 0,
-        }
+    /// A cache over `pool`, whose blocks it uses in order.
+    pub fn new(pool: KvPool) -> Self {
+        Self { pool, len: 0 }
     }
 
     /// Tokens cached so far; the next token's position.

@@ -24,4 +24,5 @@ pub use burn::tensor::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use kv_cache::{KvCache, KvPool};
-pub use model::{CausalLm, LogitsMode, SequenceInput};
+pub use cpu::kv::KvDtype;
+pub use model::{CausalLm, LoadOptions, LogitsMode, SequenceInput};

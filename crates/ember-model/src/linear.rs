@@ -81,7 +81,7 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        let host = if quantized.len() == layers.len() { HostF32::new(x.clone()) } else { None };
+        let host = if quantized.len() == layers.len() { HostF32::new(&x) } else { None };
         let Some(host) = host else {
             return layers.iter().map(|l| l.forward_alone(x.clone())).collect();
         };

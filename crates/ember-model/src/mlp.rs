@@ -4,6 +4,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
 use crate::config::ModelConfig;
+use crate::cpu::ops::silu_mul;
+use crate::cpu::tensor::{HostF32, from_vec};
 use crate::error::Result;
 use crate::linear::Linear;
 use crate::weights::Loader;
@@ -28,6 +30,17 @@ impl Mlp {
         let [gate, up]: [Tensor<2>; 2] = Linear::forward_group(&[&self.gate_proj, &self.up_proj], x)
             .try_into()
             .unwrap_or_else(|_| unreachable!("two projections in, two out"));
-        self.down_proj.forward(silu(gate) * up)
+        let hidden = match (HostF32::new(&gate), HostF32::new(&up)) {
+            // The CPU fast path: one pass instead of silu's ops and a multiply.
+            (Some(g), Some(u)) => {
+                let dims = gate.dims();
+                drop(gate);
+                let mut values = g.into_vec();
+                silu_mul(&mut values, u.as_slice());
+                from_vec(values, dims)
+            }
+            _ => silu(gate) * up,
+        };
+        self.down_proj.forward(hidden)
     }
 }

@@ -6,8 +6,10 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::attention::{Attention, SequenceRows, StepLayout};
+use crate::attention::{Attention, SlotTensors, StepLayout};
+use crate::cpu::attention::SequenceView;
 use crate::config::ModelConfig;
+use crate::cpu::kv::KvDtype;
 use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -72,27 +74,61 @@ pub struct CausalLm {
     lm_head: Linear,
     rotary: RotaryEmbedding,
     dtype: DType,
+    options: LoadOptions,
+}
+
+/// How a model is run, beyond its device and dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Use the CPU fast path when the device is flex and the dtype f32
+    /// (quantized weights kept in blocks, host KV pool, paged attention).
+    /// Off, flex runs the generic Burn code that wgpu and CUDA run.
+    pub cpu_fast_path: bool,
+    /// Element type of the KV cache on the fast path.
+    pub kv_cache_dtype: KvDtype,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            cpu_fast_path: true,
+            kv_cache_dtype: KvDtype::F32,
+        }
+    }
 }
 
 impl CausalLm {
     /// Loads `config.json` and the safetensors weights of a Hugging Face directory.
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::from_dir_with(dir, device, dtype, LoadOptions::default())
+    }
+
+    pub fn from_dir_with(dir: &Path, device: &Device, dtype: DType, options: LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let source = SafetensorsSource::open_dir(dir)?;
-        Self::load(config, &source, device, dtype)
+        Self::load_with(config, &source, device, dtype, options)
     }
 
     /// Loads a GGUF file: config from its metadata, tensors dequantized.
     pub fn from_gguf(file: &GgufFile, device: &Device, dtype: DType) -> Result<Self> {
-        Self::load(file.model_config()?, file, device, dtype)
+        Self::from_gguf_with(file, device, dtype, LoadOptions::default())
+    }
+
+    pub fn from_gguf_with(file: &GgufFile, device: &Device, dtype: DType, options: LoadOptions) -> Result<Self> {
+        Self::load_with(file.model_config()?, file, device, dtype, options)
     }
 
     /// Builds the network from any weight source, by Hugging Face key.
-    pub fn load(
+    pub fn load(config: ModelConfig, source: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(config, source, device, dtype, LoadOptions::default())
+    }
+
+    pub fn load_with(
         config: ModelConfig,
         source: &dyn WeightSource,
         device: &Device,
         dtype: DType,
+        options: LoadOptions,
     ) -> Result<Self> {
         if !device.supports_dtype(dtype) {
             return Err(ModelError::UnsupportedDtype {
@@ -104,7 +140,7 @@ impl CausalLm {
             source,
             device,
             dtype,
-            keep_quantized: crate::cpu::applies(device, dtype),
+            keep_quantized: options.cpu_fast_path && crate::cpu::applies(device, dtype),
         };
         let c = &config;
         let embed_tokens = Embedding::load(&loader, "model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
@@ -128,7 +164,36 @@ impl CausalLm {
             rotary,
             config,
             dtype,
+            options: LoadOptions {
+                cpu_fast_path: options.cpu_fast_path && crate::cpu::applies(device, dtype),
+                ..options
+            },
         })
+    }
+
+    /// The options in effect (the fast path only where it applies).
+    pub fn options(&self) -> LoadOptions {
+        self.options
+    }
+
+    /// Which code computes the model, for start-up reports.
+    pub fn compute_summary(&self) -> String {
+        if self.options.cpu_fast_path {
+            format!(
+                "CPU fast path: {} kernels on {} threads, KV cache {:?}",
+                crate::cpu::matmul::kernel_name(),
+                crate::cpu::pool::global().threads(),
+                self.options.kv_cache_dtype
+            )
+        } else {
+            format!("generic Burn path on {:?}", self.device)
+        }
+    }
+
+    /// Bytes one KV block of `block_size` tokens takes, all layers.
+    pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+        let element = if self.options.cpu_fast_path { self.options.kv_cache_dtype.size() } else { self.dtype.size() };
+        KvPool::bytes_per_block(&self.config, block_size, element)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -141,12 +206,13 @@ impl CausalLm {
 
     /// An empty single-sequence cache shaped for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.config, &self.device, self.dtype)
+        KvCache::new(self.new_pool(4, 16))
     }
 
     /// A zeroed paged pool of `num_blocks` blocks of `block_size` tokens.
     pub fn new_pool(&self, num_blocks: usize, block_size: usize) -> KvPool {
-        KvPool::new(&self.config, num_blocks, block_size, &self.device, self.dtype)
+        let host = self.options.cpu_fast_path.then_some(self.options.kv_cache_dtype);
+        KvPool::new(&self.config, num_blocks, block_size, &self.device, self.dtype, host)
     }
 
     /// The dtype of weights, activations and cache.
@@ -173,7 +239,6 @@ impl CausalLm {
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut write_slots = Vec::new();
-        let mut read_slots = Vec::new();
         let mut sequences = Vec::with_capacity(batch.len());
         for seq in batch {
             if seq.tokens.is_empty() {
@@ -192,10 +257,7 @@ impl CausalLm {
                     num_blocks: pool.num_blocks(),
                 });
             }
-            let slot = |p: usize| seq.block_table[p / bs] as usize * bs + p % bs;
             let start = ids.len();
-            let history_start = read_slots.len();
-            read_slots.extend((0..total).map(slot));
             for (i, &t) in seq.tokens.iter().enumerate() {
                 if t as usize >= self.config.vocab_size {
                     return Err(ModelError::TokenOutOfRange {
@@ -203,19 +265,22 @@ impl CausalLm {
                         vocab_size: self.config.vocab_size,
                     });
                 }
+                let p = seq.past_len + i;
                 ids.push(t);
-                positions.push(seq.past_len + i);
-                write_slots.push(slot(seq.past_len + i));
+                positions.push(p);
+                write_slots.push(seq.block_table[p / bs] as usize * bs + p % bs);
             }
-            sequences.push(SequenceRows {
+            sequences.push(SequenceView {
                 rows: start..ids.len(),
-                history: history_start..read_slots.len(),
+                past_len: seq.past_len,
+                block_table: seq.block_table,
             });
         }
+        let tensors = (!pool.is_host()).then(|| SlotTensors::new(pool, &write_slots, &sequences));
         let layout = StepLayout {
-            write_slots: pool.slot_tensor(write_slots.into_iter()),
-            read_slots: pool.slot_tensor(read_slots.into_iter()),
+            write_slots,
             sequences,
+            tensors,
         };
 
         // 2. Embeddings and per-token rotary tables.

@@ -10,6 +10,9 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn::tensor::Device;
 use serde_json::{Map, Value};
 
+use crate::cpu::ops::rotary_in_place;
+use crate::cpu::tensor::{HostF32, from_vec};
+
 /// How positions are stretched beyond the trained window.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -299,6 +302,13 @@ impl RotaryEmbedding {
 /// Rotates `x` (`[tokens, heads, head_dim]`) by per-token `cos`/`sin` (`[tokens, head_dim]`).
 pub fn apply_rotary(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3> {
     let [tokens, heads, head_dim] = x.dims();
+    // The CPU fast path rotates in place on the host.
+    if let (Some(host), Some(cos), Some(sin)) = (HostF32::new(&x), HostF32::new(cos), HostF32::new(sin)) {
+        drop(x);
+        let mut values = host.into_vec();
+        rotary_in_place(&mut values, heads, head_dim, cos.as_slice(), sin.as_slice());
+        return from_vec(values, [tokens, heads, head_dim]);
+    }
     let half = head_dim / 2;
     let x1 = x.clone().slice([0..tokens, 0..heads, 0..half]);
     let x2 = x.clone().slice([0..tokens, 0..heads, half..head_dim]);

@@ -11,6 +11,8 @@ use ember_model::gguf::{GgmlType, GgufFile};
 use ember_model::{ModelError, weights::WeightSource};
 use serde::Deserialize;
 
+mod common;
+
 #[derive(Deserialize)]
 struct Case {
     bytes: String,
@@ -262,4 +264,16 @@ fn llama_gguf_is_unpermuted() -> anyhow::Result<()> {
 #[test]
 fn qwen2_gguf_keeps_its_biases() -> anyhow::Result<()> {
     gguf_matches_safetensors("qwen2-tiny", "qwen2-tiny.f32.gguf", 1e-5).map(|_| ())
+}
+
+/// The only difference between the paths is summation order (blocks and
+/// SIMD lanes against one long dot), so they agree to f32 rounding.
+#[test]
+fn quantized_fast_path_matches_the_generic_path() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+    let prompt: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
+    let worst = common::fast_vs_generic(&root.join("qwen3-tiny.q8_0.gguf"), &prompt)?;
+    println!("qwen3-tiny Q8_0: fast vs generic max |diff| {worst}");
+    assert!(worst <= 1e-4, "max |diff| {worst}");
+    Ok(())
 }

@@ -3,11 +3,13 @@
 //!
 //! Each fixture is checked three ways: logits of a full recompute, the same
 //! logits through incremental decoding (prefill, then one token at a time, and
-//! chunked prefill), and 20 greedy tokens.
+//! chunked prefill), and 20 greedy tokens. On flex every check runs twice:
+//! on the CPU fast path (host KV pool, paged attention, host norms) and on
+//! the generic Burn code that wgpu and CUDA run.
 
 use std::path::PathBuf;
 
-use ember_model::{CausalLm, DType, Device, KvCache, LogitsMode, SequenceInput, Tensor};
+use ember_model::{CausalLm, DType, Device, KvCache, LoadOptions, LogitsMode, SequenceInput, Tensor};
 use serde::Deserialize;
 
 /// Absolute logit tolerance in f32 (the reference's own f32-vs-f64 error is ~1e-6).
@@ -44,11 +46,26 @@ fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Which code runs the model on flex.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Fast,
+    Generic,
+}
+
 fn load(name: &str) -> anyhow::Result<(CausalLm, Reference)> {
+    load_on(name, Path::Fast)
+}
+
+fn load_on(name: &str, path: Path) -> anyhow::Result<(CausalLm, Reference)> {
     let dir = fixture_dir(name);
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
-    let model = CausalLm::from_dir(&dir, &test_device(), DType::F32)?;
+    let options = LoadOptions {
+        cpu_fast_path: path == Path::Fast,
+        ..LoadOptions::default()
+    };
+    let model = CausalLm::from_dir_with(&dir, &test_device(), DType::F32, options)?;
     Ok((model, reference))
 }
 
@@ -98,8 +115,8 @@ fn step(model: &CausalLm, cache: &mut KvCache, tokens: &[u32], mode: LogitsMode)
     rows(model.forward_cached(cache, tokens, mode)?)
 }
 
-fn full_recompute_matches(name: &str) -> anyhow::Result<()> {
-    let (model, r) = load(name)?;
+fn full_recompute_matches(name: &str, path: Path) -> anyhow::Result<()> {
+    let (model, r) = load_on(name, path)?;
     let got = rows(model.logits(&r.short.prompt)?)?;
     assert_eq!(got.len(), r.short.prompt.len(), "{name}: a row per position");
     assert_eq!(r.short.logits.len(), r.short.prompt.len(), "{name}: reference rows");
@@ -115,8 +132,8 @@ fn full_recompute_matches(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn incremental_matches(name: &str) -> anyhow::Result<()> {
-    let (model, r) = load(name)?;
+fn incremental_matches(name: &str, path: Path) -> anyhow::Result<()> {
+    let (model, r) = load_on(name, path)?;
     // Prefill one token, then decode the rest one at a time.
     let mut cache = model.new_cache();
     for (i, &t) in r.short.prompt.iter().enumerate() {
@@ -137,8 +154,8 @@ fn incremental_matches(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn greedy_matches(name: &str) -> anyhow::Result<()> {
-    let (model, r) = load(name)?;
+fn greedy_matches(name: &str, path: Path) -> anyhow::Result<()> {
+    let (model, r) = load_on(name, path)?;
     // Incremental: prefill the prompt, then feed back each token.
     let mut cache = model.new_cache();
     let mut next = argmax(&step(&model, &mut cache, &r.greedy.prompt, LogitsMode::Last)?[0]);
@@ -162,17 +179,21 @@ fn greedy_matches(name: &str) -> anyhow::Result<()> {
 macro_rules! parity_tests {
     ($($module:ident => $fixture:literal),* $(,)?) => {$(
         mod $module {
+            use super::Path::{Fast, Generic};
             #[test]
             fn full_recompute_logits_match_reference() -> anyhow::Result<()> {
-                super::full_recompute_matches($fixture)
+                super::full_recompute_matches($fixture, Fast)?;
+                super::full_recompute_matches($fixture, Generic)
             }
             #[test]
             fn incremental_logits_match_reference() -> anyhow::Result<()> {
-                super::incremental_matches($fixture)
+                super::incremental_matches($fixture, Fast)?;
+                super::incremental_matches($fixture, Generic)
             }
             #[test]
             fn greedy_tokens_match_reference() -> anyhow::Result<()> {
-                super::greedy_matches($fixture)
+                super::greedy_matches($fixture, Fast)?;
+                super::greedy_matches($fixture, Generic)
             }
         }
     )*};
@@ -190,7 +211,12 @@ parity_tests! {
 /// sequence its own reference logits.
 #[test]
 fn batched_sequences_in_a_shared_pool_match_their_solo_logits() -> anyhow::Result<()> {
-    let (model, r) = load("qwen3-tiny")?;
+    batched_in_shared_pool(Path::Fast)?;
+    batched_in_shared_pool(Path::Generic)
+}
+
+fn batched_in_shared_pool(path: Path) -> anyhow::Result<()> {
+    let (model, r) = load_on("qwen3-tiny", path)?;
     let a = &r.long[0].prompt;
     let b = &r.short.prompt;
     let block_size = 4;
@@ -228,7 +254,14 @@ fn batched_sequences_in_a_shared_pool_match_their_solo_logits() -> anyhow::Resul
 
 #[test]
 fn a_short_block_table_is_an_error_not_a_panic() -> anyhow::Result<()> {
-    let (model, r) = load("qwen3-tiny")?;
+    for path in [Path::Fast, Path::Generic] {
+        short_table_is_an_error(path)?;
+    }
+    Ok(())
+}
+
+fn short_table_is_an_error(path: Path) -> anyhow::Result<()> {
+    let (model, r) = load_on("qwen3-tiny", path)?;
     let mut pool = model.new_pool(2, 4);
     let too_long = SequenceInput { tokens: &r.long[0].prompt, past_len: 0, block_table: &[0, 1] };
     assert!(model.forward(&mut pool, &[too_long], LogitsMode::Last).is_err());

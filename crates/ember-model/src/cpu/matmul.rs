@@ -17,8 +17,9 @@ use super::pool;
 use super::quant::QuantMatrix;
 
 /// From this many tokens on, dequantized panels and `gemm` beat the row
-/// kernels (which unpack every block once per four tokens).
-pub const PANEL_MIN_TOKENS: usize = 16;
+/// kernels (which unpack every block once per four tokens): below it, a
+/// batch of decode steps; from it, prompt chunks.
+pub const PANEL_MIN_TOKENS: usize = 48;
 
 /// Bytes of f32 a dequantized panel may take: half of a 512 KiB L2.
 const PANEL_BYTES: usize = 256 * 1024;
@@ -35,6 +36,13 @@ struct OutPtr(*mut f32);
 // SAFETY: every task writes a disjoint set of elements (its own rows).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so closures capture the whole (Sync) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 struct Task {
     projection: usize,
@@ -68,7 +76,7 @@ pub fn matmul(x: &[f32], m: usize, projections: &mut [Projection<'_>]) {
             let Task { projection, rows } = &tasks[i];
             let (out, w) = outs[*projection];
             // SAFETY: tasks cover disjoint rows of each output.
-            unsafe { panel_gemm(w, rows.clone(), x, m, out.0) };
+            unsafe { panel_gemm(isa, w, rows.clone(), x, m, out.get()) };
         });
         return;
     }
@@ -83,7 +91,7 @@ pub fn matmul(x: &[f32], m: usize, projections: &mut [Projection<'_>]) {
         let (out, w) = outs[*projection];
         let n = w.rows();
         // SAFETY: `out` is `[m, n]`; tasks cover disjoint rows.
-        unsafe { kernels::dot_rows(isa, w, rows.clone(), x, &sums, m, out.0, n) };
+        unsafe { kernels::dot_rows(isa, w, rows.clone(), x, &sums, m, out.get(), n) };
     });
 }
 
@@ -114,14 +122,11 @@ thread_local! {
 ///
 /// # Safety
 /// `out` is `[m, w.rows()]` and no other thread writes these columns.
-unsafe fn panel_gemm(w: &QuantMatrix, rows: Range<usize>, x: &[f32], m: usize, out: *mut f32) {
+unsafe fn panel_gemm(isa: Isa, w: &QuantMatrix, rows: Range<usize>, x: &[f32], m: usize, out: *mut f32) {
     let (k, n) = (w.cols(), w.rows());
     PANEL.with(|panel| {
         let mut panel = panel.borrow_mut();
-        panel.clear();
-        for r in rows.clone() {
-            w.dequantize_row_into(r, &mut panel);
-        }
+        kernels::dequantize_rows(isa, w, rows.clone(), &mut panel);
         // out[t, rows.start + j] = sum_i x[t, i] * panel[j, i]
         // SAFETY: the pointers and strides describe `x` ([m, k]), `panel`
         // ([rows, k], read transposed) and the caller's columns of `out`.
@@ -183,7 +188,7 @@ mod tests {
         let cols = 96;
         let (wa, da) = matrix(70, cols, 1);
         let (wb, db) = matrix(33, cols, 2);
-        for m in [1, 3, PANEL_MIN_TOKENS - 1, PANEL_MIN_TOKENS, 40] {
+        for m in [1, 3, PANEL_MIN_TOKENS - 1, PANEL_MIN_TOKENS, PANEL_MIN_TOKENS + 5] {
             let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
             let mut ya = vec![0.0; m * 70];
             let mut yb = vec![0.0; m * 33];

@@ -5,8 +5,11 @@
 //! code stays the one implementation for wgpu and CUDA, and the reference
 //! the fast path is tested against.
 
+pub mod attention;
 pub mod kernels;
+pub mod kv;
 pub mod matmul;
+pub mod ops;
 pub mod pool;
 pub mod quant;
 pub(crate) mod tensor;

@@ -4,20 +4,21 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// A flex tensor's f32 storage, contiguous (copied only if it was a strided
-/// view). `None` if the tensor is not an f32 tensor on flex.
+/// view).
 pub struct HostF32 {
     primitive: FlexTensor,
 }
 
 impl HostF32 {
-    pub fn new<const D: usize>(tensor: Tensor<D>) -> Option<Self> {
-        if tensor.dtype() != DType::F32 {
+    /// `None` if `tensor` is not an f32 tensor on flex. Shares the storage.
+    pub fn new<const D: usize>(tensor: &Tensor<D>) -> Option<Self> {
+        if tensor.dtype() != DType::F32 || tensor.device() != Device::flex() {
             return None;
         }
-        let primitive = tensor.try_into_primitive::<Flex>().ok()?;
+        let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
         let primitive = if primitive.as_slice::<f32>().is_some() { primitive } else { primitive.to_contiguous() };
         Some(Self { primitive })
     }
@@ -25,6 +26,12 @@ impl HostF32 {
     pub fn as_slice(&self) -> &[f32] {
         // `new` made it contiguous f32.
         self.primitive.as_slice::<f32>().unwrap_or(&[])
+    }
+
+    /// The values as an owned `Vec`: no copy once the source tensor is dropped.
+    pub fn into_vec(self) -> Vec<f32> {
+        // `new` checked the dtype, the one way this conversion can fail.
+        self.primitive.into_data().try_into_vec::<f32>().unwrap_or_default()
     }
 }
 

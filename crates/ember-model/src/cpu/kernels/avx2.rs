@@ -307,6 +307,8 @@ impl Format for Q6K {
     }
 }
 
+const PF: usize = 1024;
+
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY: plain AVX arithmetic on registers.
@@ -329,6 +331,7 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, x: 
         let mut offsets = [0.0f32; T];
         for b in 0..cols / F::BLOCK {
             let block = row.add(b * F::BYTES);
+            if PF > 0 { _mm_prefetch::<_MM_HINT_T0>(block.add(PF).cast()); }
             for sub in 0..F::BLOCK / 32 {
                 let Chunk { q, d, m } = F::chunk(block, sub);
                 let c = b * (F::BLOCK / 32) + sub;
@@ -390,6 +393,50 @@ unsafe fn drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, x: &[f32], sums:
                 };
                 t += n;
             }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, out: &mut [f32]) {
+    let cols = w.cols();
+    let data = w.data().as_ptr();
+    for (i, r) in rows.enumerate() {
+        let dst = &mut out[i * cols..(i + 1) * cols];
+        // SAFETY: `r < w.rows()`; every chunk's 32 values land inside `dst`.
+        unsafe {
+            let row = data.add(r * w.row_bytes());
+            for b in 0..cols / F::BLOCK {
+                for sub in 0..F::BLOCK / 32 {
+                    let Chunk { q, d, m } = F::chunk(row.add(b * F::BYTES), sub);
+                    let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+                    let at = dst.as_mut_ptr().add((b * (F::BLOCK / 32) + sub) * 32);
+                    for (j, q) in q.iter().enumerate() {
+                        _mm256_storeu_ps(at.add(8 * j), _mm256_fmadd_ps(*q, d, m));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// See [`super::dequantize_rows`].
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+pub unsafe fn dequantize_rows(w: &QuantMatrix, rows: Range<usize>, out: &mut [f32]) {
+    assert!(rows.end <= w.rows() && out.len() >= rows.len() * w.cols(), "dequantize_rows: shape");
+    // SAFETY: forwarded from the caller; shapes checked above.
+    unsafe {
+        match w.quant_type() {
+            QuantType::Q4_0 => dequantize_drive::<Q4_0>(w, rows, out),
+            QuantType::Q4_1 => dequantize_drive::<Q4_1>(w, rows, out),
+            QuantType::Q5_0 => dequantize_drive::<Q5_0>(w, rows, out),
+            QuantType::Q5_1 => dequantize_drive::<Q5_1>(w, rows, out),
+            QuantType::Q8_0 => dequantize_drive::<Q8_0>(w, rows, out),
+            QuantType::Q4K => dequantize_drive::<Q4K>(w, rows, out),
+            QuantType::Q5K => dequantize_drive::<Q5K>(w, rows, out),
+            QuantType::Q6K => dequantize_drive::<Q6K>(w, rows, out),
         }
     }
 }

@@ -93,5 +93,20 @@ pub unsafe fn dot_rows(isa: Isa, w: &QuantMatrix, rows: Range<usize>, x: &[f32],
     }
 }
 
+/// Rows `rows` of `w` as f32 into `out` (`[rows.len(), cols]`), replacing
+/// its contents.
+pub fn dequantize_rows(isa: Isa, w: &QuantMatrix, rows: Range<usize>, out: &mut Vec<f32>) {
+    out.clear();
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            out.resize(rows.len() * w.cols(), 0.0);
+            // SAFETY: `active`/`force` only choose Avx2 when the CPU has it.
+            unsafe { avx2::dequantize_rows(w, rows, out) }
+        }
+        _ => rows.for_each(|r| w.dequantize_row_into(r, out)),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -132,3 +132,20 @@ fn kernels_write_only_their_rows_and_stride() {
         }
     }
 }
+
+#[test]
+fn simd_dequantization_matches_the_reference() {
+    let isa = detect();
+    for ty in QuantType::ALL {
+        let mut rng = Rng(7 + ty as u64);
+        let w = random_matrix(ty, 4, 512, 0.02, &mut rng);
+        let want = w.dequantize();
+        let mut got = Vec::new();
+        dequantize_rows(isa, &w, 1..3, &mut got);
+        let want = &want[512..3 * 512];
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            assert!((g - e).abs() <= 1e-6 * e.abs().max(1e-3), "{isa:?} {ty:?}: element {i}: {g} vs {e}");
+        }
+        assert_eq!(got.len(), want.len());
+    }
+}

@@ -1,0 +1,44 @@
+//! `--threads` and `--kv-cache-dtype`: settings of the CPU fast path (flex
+//! device, f32), shared by every subcommand that loads a model.
+
+use anyhow::{Result, bail};
+use ember_model::{KvDtype, LoadOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCacheDtypeChoice {
+    /// Exact.
+    F32,
+    /// Half the memory per cached token; keys and values rounded to f16.
+    F16,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CpuArgs {
+    /// Threads for the CPU kernels [default: the physical cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// KV cache element type on the CPU (flex, f32) [default: f32].
+    #[arg(long, value_enum)]
+    pub kv_cache_dtype: Option<KvCacheDtypeChoice>,
+}
+
+impl CpuArgs {
+    /// Sizes the kernel thread pool (before anything runs on it) and
+    /// returns the model's load options.
+    pub fn apply(&self) -> Result<LoadOptions> {
+        if let Some(threads) = self.threads {
+            if threads == 0 {
+                bail!("--threads must be at least 1");
+            }
+            ember_model::cpu::pool::set_threads(threads);
+        }
+        let kv_cache_dtype = match self.kv_cache_dtype.unwrap_or(KvCacheDtypeChoice::F32) {
+            KvCacheDtypeChoice::F32 => KvDtype::F32,
+            KvCacheDtypeChoice::F16 => KvDtype::F16,
+        };
+        Ok(LoadOptions {
+            kv_cache_dtype,
+            ..LoadOptions::default()
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! The element-wise layers of the fast path on host slices: one pass over
+//! memory each, where Burn's versions take several ops (cast, square, mean,
+//! sqrt, recip, mul for RMSNorm; slice, neg, cat, two muls and an add for
+//! RoPE). Formulas as in Hugging Face's `modeling_qwen3.py`.
+
+/// RMSNorm over rows of `weight.len()`: `x / sqrt(mean(x^2) + eps) * weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
+    let dim = weight.len();
+    for (row, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (mean + eps as f32).sqrt();
+        for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// Rotary embedding in place, rotate-half layout: `x` is `[tokens, heads,
+/// head_dim]`, `cos`/`sin` are `[tokens, head_dim]` (each half repeated).
+pub fn rotary_in_place(x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    let tokens = cos.chunks_exact(head_dim).zip(sin.chunks_exact(head_dim));
+    for (row, (cos, sin)) in x.chunks_exact_mut(heads * head_dim).zip(tokens) {
+        for head in row.chunks_exact_mut(head_dim) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * cos[i] - b * sin[i];
+                x2[i] = b * cos[half + i] + a * sin[half + i];
+            }
+        }
+    }
+}
+
+/// `gate = silu(gate) * up`, in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotary_rotates_each_pair_by_its_angle() {
+        // One token, one head of 4: pairs (x0, x2) and (x1, x3).
+        let (c0, s0, c1, s1) = (0.6f32, 0.8f32, 0.0f32, 1.0f32);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rotary_in_place(&mut x, 1, 4, &[c0, c1, c0, c1], &[s0, s1, s0, s1]);
+        let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1];
+        assert!(x.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{x:?}");
+    }
+
+    #[test]
+    fn rms_norm_scales_to_unit_rms_then_by_weight() {
+        let mut out = [0.0; 4];
+        rms_norm(&[3.0, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0][..4], &[1.0, 2.0, 1.0, 1.0], 0.0, &mut out);
+        let rms = (25.0f32 / 4.0).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 8.0 / rms).abs() < 1e-6);
+    }
+}

@@ -18,6 +18,7 @@ use ember_engine::{
 };
 use serde::Serialize;
 
+use crate::bench_engine::{self, EngineBench};
 use crate::engine_args::EngineArgs;
 use crate::model_args::ModelArgs;
 
@@ -42,6 +43,23 @@ pub struct BenchArgs {
     /// A JSON Schema file: every level also runs constrained to it.
     #[arg(long)]
     json_schema: Option<std::path::PathBuf>,
+    /// Measure the model alone, as llama.cpp's llama-bench does: prefill
+    /// (`pp`) and decode (`tg`) forward passes of one sequence, no
+    /// scheduler or sampler. The flags below apply to this mode only.
+    #[arg(long)]
+    engine_only: bool,
+    /// Engine-only: prompt tokens of the prefill test (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Engine-only: tokens of the decode test (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    n_gen: usize,
+    /// Engine-only: tokens already cached before each test.
+    #[arg(long, value_delimiter = ',', default_value = "0,512")]
+    depth: Vec<usize>,
+    /// Engine-only: timed runs per test (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    repetitions: usize,
 }
 
 /// One request as the client saw it.
@@ -106,6 +124,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let loaded = args.model.load()?;
     let model_name = loaded.info.path.display().to_string();
+    if args.engine_only {
+        let tests = EngineBench {
+            n_prompt: args.n_prompt,
+            n_gen: args.n_gen,
+            depths: args.depth.clone(),
+            repetitions: args.repetitions,
+        };
+        return bench_engine::run(loaded, model_name, &tests);
+    }
     let masks = Arc::new(MaskTimes::default());
     let config = EngineConfig {
         observer: Some(masks.clone()),

@@ -2,6 +2,7 @@
 //! printing here, everything else in the library crates.
 
 mod bench;
+mod bench_engine;
 mod cpu_args;
 mod chat;
 mod device;

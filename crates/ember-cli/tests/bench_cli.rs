@@ -38,3 +38,28 @@ fn bench_reports_every_level_as_a_table_and_json() -> anyhow::Result<()> {
     assert_eq!(bad.status.code(), Some(1));
     Ok(())
 }
+
+/// The engine-only mode (llama-bench's tests) reports each test's mean and
+/// spread over the repetitions, as a table and as JSON on the last line.
+#[test]
+fn engine_only_bench_reports_pp_and_tg_tests() -> anyhow::Result<()> {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tiny");
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["bench", "--engine-only", "--model", model.to_str().unwrap_or_default()])
+        .args(["--n-prompt", "24", "--n-gen", "6", "--depth", "0,10", "--repetitions", "2"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout)?;
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    let tests = report["tests"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = tests.iter().filter_map(|t| t["test"].as_str()).collect();
+    assert_eq!(names, ["pp24", "tg6", "pp24 @ d10", "tg6 @ d10"], "{stdout}");
+    for t in &tests {
+        assert!(t["avg_ts"].as_f64().is_some_and(|v| v > 0.0), "{t}");
+        assert!(t["stddev_ts"].as_f64().is_some_and(|v| v >= 0.0), "{t}");
+        assert_eq!(t["samples_ts"].as_array().map(Vec::len), Some(2), "{t}");
+    }
+    assert!(stdout.contains("pp24 @ d10"), "a table row per test: {stdout}");
+    Ok(())
+}

@@ -71,6 +71,9 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
     if let Some(d) = args.cpu.kv_cache_dtype {
         m.kv_cache_dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
     }
+    if let Some(q) = args.cpu.quantize {
+        m.quantize = q.to_possible_value().map(|v| v.get_name().to_owned());
+    }
     args.engine.overlay(&mut c.engine);
     Ok(c)
 }
@@ -101,6 +104,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let load_options = CpuArgs {
         threads: c.model.threads,
         kv_cache_dtype: parse_choice(c.model.kv_cache_dtype.as_deref(), "kv_cache_dtype")?,
+        quantize: parse_choice(c.model.quantize.as_deref(), "quantize")?,
     }
     .apply()?;
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));

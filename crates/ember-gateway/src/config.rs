@@ -85,6 +85,8 @@ pub struct ModelSection {
     pub threads: Option<usize>,
     /// `f32` or `f16`: KV cache element type on the CPU fast path.
     pub kv_cache_dtype: Option<String>,
+    /// `q8_0` or `q4_0`: quantize float weights at load (CPU fast path).
+    pub quantize: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -21,9 +21,7 @@ pub enum Embedding {
 
 impl Embedding {
     pub fn load(loader: &Loader<'_>, name: &str, vocab: usize, hidden: usize) -> Result<Self> {
-        if loader.keep_quantized
-            && let Some(q) = loader.source.read_quantized(name, [vocab, hidden])?
-        {
+        if let Some(q) = loader.quantized(name, [vocab, hidden])? {
             return Ok(Self::Quantized(Arc::new(q)));
         }
         Ok(Self::Dense(loader.tensor(name, [vocab, hidden])?))

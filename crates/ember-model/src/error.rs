@@ -101,6 +101,9 @@ pub enum ModelError {
     #[error("the {device} device does not support dtype {dtype}")]
     UnsupportedDtype { dtype: String, device: String },
 
+    #[error("in-situ quantization supports q8_0 and q4_0, not {0}")]
+    UnsupportedQuantization(String),
+
     #[error("a sequence in the batch has no new tokens")]
     EmptySequence,
 

@@ -39,9 +39,7 @@ impl Linear {
     ) -> Result<Self> {
         let name = format!("{prefix}.weight");
         let bias = loader.optional(&format!("{prefix}.bias"), [out_features], bias)?;
-        if loader.keep_quantized
-            && let Some(q) = loader.source.read_quantized(&name, [out_features, in_features])?
-        {
+        if let Some(q) = loader.quantized(&name, [out_features, in_features])? {
             return Ok(Self::quantized(Arc::new(q), bias));
         }
         let weight = loader.tensor(&name, [out_features, in_features])?;

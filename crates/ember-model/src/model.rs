@@ -9,6 +9,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use crate::attention::{Attention, SlotTensors, StepLayout};
 use crate::cpu::attention::SequenceView;
 use crate::config::ModelConfig;
+use crate::cpu::QuantType;
 use crate::cpu::kv::KvDtype;
 use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
@@ -86,6 +87,10 @@ pub struct LoadOptions {
     pub cpu_fast_path: bool,
     /// Element type of the KV cache on the fast path.
     pub kv_cache_dtype: KvDtype,
+    /// In-situ quantization on the fast path: float weight matrices of a
+    /// Hugging Face checkpoint (or a float GGUF) are quantized to this at
+    /// load (Q8_0 or Q4_0), as mistral.rs's ISQ does.
+    pub quantize: Option<QuantType>,
 }
 
 impl Default for LoadOptions {
@@ -93,6 +98,7 @@ impl Default for LoadOptions {
         Self {
             cpu_fast_path: true,
             kv_cache_dtype: KvDtype::F32,
+            quantize: None,
         }
     }
 }
@@ -141,7 +147,13 @@ impl CausalLm {
             device,
             dtype,
             keep_quantized: options.cpu_fast_path && crate::cpu::applies(device, dtype),
+            quantize: options.quantize,
         };
+        if let Some(ty) = options.quantize
+            && !matches!(ty, QuantType::Q8_0 | QuantType::Q4_0)
+        {
+            return Err(ModelError::UnsupportedQuantization(format!("{ty:?}")));
+        }
         let c = &config;
         let embed_tokens = Embedding::load(&loader, "model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
@@ -180,10 +192,14 @@ impl CausalLm {
     pub fn compute_summary(&self) -> String {
         if self.options.cpu_fast_path {
             format!(
-                "CPU fast path: {} kernels on {} threads, KV cache {:?}",
+                "CPU fast path: {} kernels on {} threads, KV cache {:?}{}",
                 crate::cpu::matmul::kernel_name(),
                 crate::cpu::pool::global().threads(),
-                self.options.kv_cache_dtype
+                self.options.kv_cache_dtype,
+                match self.options.quantize {
+                    Some(ty) => format!(", float weights quantized to {ty:?} at load"),
+                    None => String::new(),
+                }
             )
         } else {
             format!("generic Burn path on {:?}", self.device)

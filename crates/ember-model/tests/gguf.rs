@@ -277,3 +277,35 @@ fn quantized_fast_path_matches_the_generic_path() -> anyhow::Result<()> {
     assert!(worst <= 1e-4, "max |diff| {worst}");
     Ok(())
 }
+
+/// In-situ quantization of a float checkpoint to Q8_0 gives the model that
+/// llama.cpp's quantizer (via the `gguf` package) wrote to a Q8_0 GGUF.
+#[test]
+fn in_situ_q8_0_matches_the_q8_0_gguf() -> anyhow::Result<()> {
+    use ember_model::cpu::QuantType;
+    use ember_model::{CausalLm, DType, Device, LoadOptions, ModelConfig, rope::RopeScaling};
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mut config = ModelConfig::from_file(&root.join("qwen3-tiny/config.json"))?;
+    config.rope.scaling = RopeScaling::Default;
+    let source = ember_model::safetensors_source::SafetensorsSource::open_dir(&root.join("qwen3-tiny"))?;
+    let options = LoadOptions {
+        quantize: Some(QuantType::Q8_0),
+        ..LoadOptions::default()
+    };
+    let isq = CausalLm::load_with(config, &source, &Device::flex(), DType::F32, options)?;
+    let gguf = CausalLm::from_gguf(&GgufFile::open(&root.join("gguf/qwen3-tiny.q8_0.gguf"))?, &Device::flex(), DType::F32)?;
+    let prompt: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
+    let a: Vec<f32> = isq.logits(&prompt)?.into_data().try_to_vec()?;
+    let b: Vec<f32> = gguf.logits(&prompt)?.into_data().try_to_vec()?;
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-4, "max |diff| {worst}");
+
+    let unsupported = LoadOptions {
+        quantize: Some(QuantType::Q6K),
+        ..LoadOptions::default()
+    };
+    let config = ModelConfig::from_file(&root.join("qwen3-tiny/config.json"))?;
+    assert!(CausalLm::load_with(config, &source, &Device::flex(), DType::F32, unsupported).is_err());
+    Ok(())
+}

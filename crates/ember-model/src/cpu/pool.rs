@@ -46,6 +46,9 @@ struct Shared {
     next: AtomicUsize,
     /// Workers still inside the current region.
     busy: AtomicUsize,
+    /// Workers waiting on `wake` (changed under `region`'s lock): a region
+    /// with none parked skips the wake-up system call.
+    parked: AtomicUsize,
     /// Set by a task that panicked; the payload is re-raised on the caller.
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     shutdown: AtomicBool,
@@ -73,6 +76,7 @@ impl ThreadPool {
             wake: Condvar::new(),
             next: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
             panic: Mutex::new(None),
             shutdown: AtomicBool::new(false),
         });
@@ -124,7 +128,11 @@ impl ThreadPool {
             *region = Some(Region { task: erased, tasks });
             shared.generation.fetch_add(1, Ordering::Release);
         }
-        shared.wake.notify_all();
+        // A worker parks only under the lock taken above, so one that parked
+        // before the new generation is counted here.
+        if shared.parked.load(Ordering::Acquire) > 0 {
+            shared.wake.notify_all();
+        }
 
         IS_WORKER.with(|w| w.set(true));
         let own = catch_unwind(AssertUnwindSafe(|| claim_tasks(shared, task, tasks)));
@@ -157,11 +165,14 @@ fn worker(shared: &Shared) {
     IS_WORKER.with(|w| w.set(true));
     let mut seen = 0usize;
     loop {
-        // Spin for the next region, then park.
+        // Spin for the next region, then park. The clock is read once per
+        // 256 spins: reading it costs more than a spin.
         let started = Instant::now();
-        while shared.generation.load(Ordering::Acquire) == seen && started.elapsed() < SPIN {
-            if shared.shutdown.load(Ordering::Relaxed) {
-                return;
+        let mut spins = 0u32;
+        while shared.generation.load(Ordering::Acquire) == seen {
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 && (started.elapsed() >= SPIN || shared.shutdown.load(Ordering::Relaxed)) {
+                break;
             }
             std::hint::spin_loop();
         }
@@ -176,7 +187,9 @@ fn worker(shared: &Shared) {
                     seen = generation;
                     break guard.as_ref().map(|r| (r.task, r.tasks));
                 }
+                shared.parked.fetch_add(1, Ordering::AcqRel);
                 guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                shared.parked.fetch_sub(1, Ordering::AcqRel);
             }
         };
         let Some((task, tasks)) = region else { continue };

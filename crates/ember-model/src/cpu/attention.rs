@@ -119,12 +119,13 @@ struct Scratch {
     state: State,
 }
 
-/// Running softmax state of a group of heads, and room for one converted
-/// key and value row (f16 caches).
+/// Running softmax state of a group of heads, one block's scores, and room
+/// for one converted key and value row (f16 caches).
 #[derive(Default)]
 struct State {
     max: Vec<f32>,
     sum: Vec<f32>,
+    scores: Vec<f32>,
     key: Vec<f32>,
     value: Vec<f32>,
 }
@@ -149,7 +150,7 @@ fn attend(isa: Isa, q: &[f32], walk: &Walk<'_>, state: &mut State, head_dim: usi
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only active on CPUs that have it.
         Isa::Avx2 => unsafe { attend_avx2(q, walk, state, head_dim, scale, out) },
-        _ => attend_generic(q, walk, state, head_dim, scale, out),
+        _ => attend_generic::<false>(q, walk, state, head_dim, scale, out),
     }
 }
 
@@ -158,56 +159,136 @@ fn attend(isa: Isa, q: &[f32], walk: &Walk<'_>, state: &mut State, head_dim: usi
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(q: &[f32], walk: &Walk<'_>, state: &mut State, head_dim: usize, scale: f32, out: &mut [f32]) {
-    attend_generic(q, walk, state, head_dim, scale, out);
+    attend_generic::<true>(q, walk, state, head_dim, scale, out);
 }
 
-/// Eight independent partial sums, so the compiler keeps them in one vector
-/// register (floating-point sums are not reassociated otherwise).
+/// `a * b + c`, fused where the instruction exists (without it, `mul_add`
+/// would call libm's software fma).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for j in 0..8 {
-            lanes[j] += a[j] * b[j];
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// Four vectors of eight independent partial sums: the compiler keeps them
+/// in registers (floating-point sums are not reassociated otherwise), and
+/// four chains hide the FMA latency that one chain would wait on.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [[0.0f32; 8]; 4];
+    let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (a_rest, b_rest) = (a32.remainder(), b32.remainder());
+    for (a, b) in a32.zip(b32) {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            for j in 0..8 {
+                lane[j] = madd::<FMA>(a[i * 8 + j], b[i * 8 + j], lane[j]);
+            }
         }
     }
-    let tail: f32 = a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()).map(|(a, b)| a * b).sum();
-    lanes.iter().sum::<f32>() + tail
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
+    let mut total = [0.0f32; 8];
+    for lane in &lanes {
+        for j in 0..8 {
+            total[j] += lane[j];
+        }
+    }
+    total.iter().sum::<f32>() + tail
 }
 
+/// Output elements accumulated in registers at once (eight AVX vectors).
+const TILE: usize = 64;
+
+/// `exp(x)` for `x <= 0` (scores minus their running maximum), to within
+/// 2 ulp: Cephes' `expf` (range reduction by ln 2 in two parts, degree-5
+/// polynomial). Written out so that a loop over a block of scores
+/// vectorizes, where the libm call would run once per score.
 #[inline(always)]
-fn attend_generic(q: &[f32], walk: &Walk<'_>, state: &mut State, d: usize, scale: f32, out: &mut [f32]) {
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// Block by block: every visible position's score for every head of the
+/// group, then one max/rescale per head per block (not per position), the
+/// block's exponentials in one vectorizable pass, then the values.
+#[inline(always)]
+fn attend_generic<const FMA: bool>(q: &[f32], walk: &Walk<'_>, state: &mut State, d: usize, scale: f32, out: &mut [f32]) {
     let group = q.len() / d;
     let bs = walk.layer.block_size();
-    let State { max, sum, key, value } = state;
+    let State { max, sum, scores, key, value } = state;
     max.clear();
     max.resize(group, f32::NEG_INFINITY);
     sum.clear();
     sum.resize(group, 0.0);
+    scores.resize(group * bs, 0.0);
     key.resize(d, 0.0);
     value.resize(d, 0.0);
     out.fill(0.0);
     for &logical in walk.visible {
         let first = logical * bs;
         let (Some(&block), true) = (walk.block_table.get(logical), first < walk.limit) else { break };
-        for offset in 0..bs.min(walk.limit - first) {
-            let slot = block as usize * bs + offset;
-            let k = walk.layer.key(slot, walk.kv_head, key);
-            let v = walk.layer.value(slot, walk.kv_head, value);
+        let n = bs.min(walk.limit - first);
+        let slot = |offset: usize| block as usize * bs + offset;
+        for offset in 0..n {
+            let k = walk.layer.key(slot(offset), walk.kv_head, key);
             for h in 0..group {
-                let score = dot(&q[h * d..(h + 1) * d], k) * scale;
-                let acc = &mut out[h * d..(h + 1) * d];
-                // Online softmax: rescale what was accumulated when the max grows.
-                if score > max[h] {
-                    let correction = (max[h] - score).exp();
-                    sum[h] *= correction;
-                    acc.iter_mut().for_each(|a| *a *= correction);
-                    max[h] = score;
+                scores[h * bs + offset] = dot::<FMA>(&q[h * d..(h + 1) * d], k) * scale;
+            }
+        }
+        for h in 0..group {
+            let block_scores = &mut scores[h * bs..h * bs + n];
+            let block_max = block_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if block_max > max[h] {
+                // Rescale what was accumulated under the smaller maximum.
+                let correction = exp_nonpositive(max[h] - block_max);
+                sum[h] *= correction;
+                out[h * d..(h + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                max[h] = block_max;
+            }
+            let m = max[h];
+            for s in block_scores.iter_mut() {
+                *s = exp_nonpositive(*s - m);
+            }
+            sum[h] += block_scores.iter().sum::<f32>();
+        }
+        // Values: 64 output elements at a time (eight independent vector
+        // accumulators) stay in registers over the block's positions (f16
+        // caches, or a head size that is not a multiple of 64, take each
+        // row in turn).
+        let f32_values = walk.layer.f32_values().filter(|_| d.is_multiple_of(TILE));
+        for offset in 0..n {
+            if f32_values.is_none() {
+                let v = walk.layer.value(slot(offset), walk.kv_head, value);
+                for h in 0..group {
+                    let weight = scores[h * bs + offset];
+                    for (a, v) in out[h * d..(h + 1) * d].iter_mut().zip(v) {
+                        *a = madd::<FMA>(weight, *v, *a);
+                    }
                 }
-                let weight = (score - max[h]).exp();
-                sum[h] += weight;
-                for (a, v) in acc.iter_mut().zip(v) {
-                    *a += weight * v;
+            }
+        }
+        if let Some(values) = f32_values {
+            let width = walk.layer.width();
+            let base = slot(0) * width + walk.kv_head * d;
+            for h in 0..group {
+                let weights = &scores[h * bs..h * bs + n];
+                for (c, acc) in out[h * d..(h + 1) * d].chunks_exact_mut(TILE).enumerate() {
+                    let mut lanes: [f32; TILE] = acc.try_into().unwrap_or([0.0; TILE]);
+                    for (p, &w) in weights.iter().enumerate() {
+                        let v = &values[base + p * width + c * TILE..][..TILE];
+                        for j in 0..TILE {
+                            lanes[j] = madd::<FMA>(w, v[j], lanes[j]);
+                        }
+                    }
+                    acc.copy_from_slice(&lanes);
                 }
             }
         }
@@ -222,6 +303,18 @@ fn attend_generic(q: &[f32], walk: &Walk<'_>, state: &mut State, d: usize, scale
 mod tests {
     use super::*;
     use crate::cpu::kv::{HostKv, KvDtype};
+
+    #[test]
+    fn exp_matches_libm_to_a_few_ulp() {
+        // Down to -87, where it clamps (exp(-87) is 1.6e-38: a weight of 0).
+        for i in 0..=17_400 {
+            let x = -(i as f32) * 0.005;
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!((got - want).abs() <= 4.0 * f32::EPSILON * want.max(f32::MIN_POSITIVE), "exp({x}): {got} vs {want}");
+        }
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
+        assert!(exp_nonpositive(-1e30) < 1e-37);
+    }
 
     fn value(i: usize) -> f32 {
         ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0) * 2.0

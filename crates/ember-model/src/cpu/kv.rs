@@ -139,6 +139,20 @@ impl KvLayer<'_> {
         self.kv.block_size
     }
 
+    /// Elements per slot (all KV heads).
+    pub fn width(&self) -> usize {
+        self.kv.width
+    }
+
+    /// This layer's values as f32 slots (`slot * width + head * head_dim`),
+    /// when the cache is f32.
+    pub fn f32_values(&self) -> Option<&[f32]> {
+        match self.kv.dtype {
+            KvDtype::F32 => Some(&self.kv.f32s()[self.values..self.values + self.kv.slots * self.kv.width]),
+            KvDtype::F16 => None,
+        }
+    }
+
     /// Head `head`'s key at `slot`; f16 caches convert into `scratch`.
     #[inline(always)]
     pub fn key<'s>(&'s self, slot: usize, head: usize, scratch: &'s mut [f32]) -> &'s [f32] {

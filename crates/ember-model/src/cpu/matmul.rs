@@ -22,7 +22,7 @@ use super::quant::QuantMatrix;
 pub const PANEL_MIN_TOKENS: usize = 48;
 
 /// Bytes of f32 a dequantized panel may take: half of a 512 KiB L2.
-const PANEL_BYTES: usize = 256 * 1024;
+const PANEL_BYTES: usize = 2 * 1024 * 1024;
 
 /// One weight applied to the shared input, and where its `[m, rows]` output goes.
 pub struct Projection<'a> {

@@ -14,6 +14,7 @@ use std::ops::Range;
 use super::kernels::{self, Isa};
 use super::kv::KvLayer;
 use super::pool;
+use super::SharedOut;
 
 /// One sequence of the step.
 pub struct SequenceView<'a> {
@@ -50,19 +51,6 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (row, head group) slices.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out[row, head]` = softmax(q k^T / sqrt(d)) v over what each query sees.
 /// `q` and `out` are `[tokens, heads * head_dim]`.
 pub fn paged_attention(
@@ -84,7 +72,7 @@ pub fn paged_attention(
         .flat_map(|(s, seq)| seq.rows.clone().map(move |row| (s, row)))
         .flat_map(|(s, row)| (0..kv_heads).map(move |g| (s, row * kv_heads + g)))
         .collect();
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out);
     let isa = kernels::active();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let group = heads / kv_heads;

@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use super::kernels::{self, Isa};
 use super::pool;
+use super::SharedOut;
 use super::quant::QuantMatrix;
 
 /// From this many tokens on, dequantized panels and `gemm` beat the row
@@ -22,7 +23,7 @@ use super::quant::QuantMatrix;
 pub const PANEL_MIN_TOKENS: usize = 48;
 
 /// Bytes of f32 a dequantized panel may take: half of a 512 KiB L2.
-const PANEL_BYTES: usize = 2 * 1024 * 1024;
+const PANEL_BYTES: usize = 256 * 1024;
 
 /// One weight applied to the shared input, and where its `[m, rows]` output goes.
 pub struct Projection<'a> {
@@ -30,20 +31,7 @@ pub struct Projection<'a> {
     pub out: &'a mut [f32],
 }
 
-/// A raw output pointer that tasks write disjoint elements through.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own rows).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
+/// A run of one projection's output rows.
 struct Task {
     projection: usize,
     rows: Range<usize>,
@@ -65,8 +53,8 @@ pub fn matmul(x: &[f32], m: usize, projections: &mut [Projection<'_>]) {
         return;
     }
     let pool = pool::global();
-    let outs: Vec<(OutPtr, &QuantMatrix)> =
-        projections.iter_mut().map(|p| (OutPtr(p.out.as_mut_ptr()), &*p.weight)).collect();
+    let outs: Vec<(SharedOut, &QuantMatrix)> =
+        projections.iter_mut().map(|p| (SharedOut::new(p.out), &*p.weight)).collect();
     let isa = kernels::active();
 
     if m >= PANEL_MIN_TOKENS {
@@ -96,7 +84,7 @@ pub fn matmul(x: &[f32], m: usize, projections: &mut [Projection<'_>]) {
 }
 
 /// Splits every projection's rows into runs of at most `rows_per_task`.
-fn split(outs: &[(OutPtr, &QuantMatrix)], rows_per_task: impl Fn(&QuantMatrix) -> usize) -> Vec<Task> {
+fn split(outs: &[(SharedOut, &QuantMatrix)], rows_per_task: impl Fn(&QuantMatrix) -> usize) -> Vec<Task> {
     let mut tasks = Vec::new();
     for (projection, (_, w)) in outs.iter().enumerate() {
         let step = rows_per_task(w).max(1);

@@ -23,3 +23,23 @@ pub use quant::{QuantMatrix, QuantType, WeightBytes};
 pub fn applies(device: &Device, dtype: DType) -> bool {
     dtype == DType::F32 && *device == Device::flex()
 }
+
+/// A raw output pointer that the tasks of one parallel region write through,
+/// each to its own disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+
+// SAFETY: the regions that create one give every task disjoint elements.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        Self(out.as_mut_ptr())
+    }
+
+    /// A method, so closures capture the whole (Sync) wrapper, not the raw field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

@@ -89,3 +89,41 @@ fn gguf_config_and_special_tokens() -> anyhow::Result<()> {
     assert!(loaded.info.chat_stop_ids().contains(&2));
     Ok(())
 }
+
+/// The CPU fast path (Q4_1 blocks and the Q8_0 tied head multiplied by the
+/// SIMD kernels, host KV pool, paged attention) against the generic path
+/// (every tensor dequantized to f32 at load, Burn ops) on the real model:
+/// all logits of the first chat's prompt agree within 1e-3 (they differ
+/// only in summation order; measured 1.1e-4 on logits of magnitude ~20),
+/// and so does the argmax at every position.
+#[test]
+fn fast_path_logits_match_the_generic_path() -> anyhow::Result<()> {
+    use ember_model::gguf::GgufFile;
+    use ember_model::{CausalLm, LoadOptions};
+
+    let (_, reference) = load()?;
+    let file = GgufFile::open(&default_model_path())?;
+    let fast = CausalLm::from_gguf(&file, &Device::flex(), DType::F32)?;
+    let generic_options = LoadOptions {
+        cpu_fast_path: false,
+        ..LoadOptions::default()
+    };
+    let generic = CausalLm::from_gguf_with(&file, &Device::flex(), DType::F32, generic_options)?;
+    let prompt = &reference.chats[0].prompt_ids;
+    let vocab = fast.config().vocab_size;
+    let got: Vec<f32> = fast.logits(prompt)?.into_data().try_to_vec()?;
+    let want: Vec<f32> = generic.logits(prompt)?.into_data().try_to_vec()?;
+    assert_eq!(got.len(), prompt.len() * vocab);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, |worst, d| if d.is_nan() { f32::INFINITY } else { worst.max(d) });
+    println!("SmolLM2 fast vs generic: max |logit diff| {worst}");
+    assert!(worst <= 1e-3, "max |logit diff| {worst}");
+    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+    for (position, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
+        assert_eq!(argmax(g), argmax(w), "top token at position {position}");
+    }
+    Ok(())
+}

@@ -307,6 +307,9 @@ impl Format for Q6K {
     }
 }
 
+/// Bytes ahead of the block being read that are prefetched. A task's rows
+/// are consecutive in memory, but the mapped file's 4 KiB pages restart the
+/// hardware prefetcher's stream at every page boundary; 0 turns it off.
 const PF: usize = 1024;
 
 #[inline(always)]
@@ -331,7 +334,9 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, x: 
         let mut offsets = [0.0f32; T];
         for b in 0..cols / F::BLOCK {
             let block = row.add(b * F::BYTES);
-            if PF > 0 { _mm_prefetch::<_MM_HINT_T0>(block.add(PF).cast()); }
+            if PF > 0 {
+                _mm_prefetch::<_MM_HINT_T0>(block.add(PF).cast());
+            }
             for sub in 0..F::BLOCK / 32 {
                 let Chunk { q, d, m } = F::chunk(block, sub);
                 let c = b * (F::BLOCK / 32) + sub;

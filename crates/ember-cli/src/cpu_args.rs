@@ -45,7 +45,9 @@ impl CpuArgs {
             if threads == 0 {
                 bail!("--threads must be at least 1");
             }
-            ember_model::cpu::pool::set_threads(threads);
+            if !ember_model::cpu::pool::set_threads(threads) {
+                bail!("--threads {threads}: the CPU kernels' thread pool has already started");
+            }
         }
         let kv_cache_dtype = match self.kv_cache_dtype.unwrap_or(KvCacheDtypeChoice::F32) {
             KvCacheDtypeChoice::F32 => KvDtype::F32,

@@ -101,6 +101,9 @@ pub enum ModelError {
     #[error("the {device} device does not support dtype {dtype}")]
     UnsupportedDtype { dtype: String, device: String },
 
+    #[error("--quantize and --kv-cache-dtype f16 need the CPU fast path (device flex, dtype f32), not {device} with {dtype}")]
+    NeedsCpuFastPath { device: String, dtype: String },
+
     #[error("in-situ quantization supports q8_0 and q4_0, not {0}")]
     UnsupportedQuantization(String),
 

@@ -154,6 +154,14 @@ impl CausalLm {
         {
             return Err(ModelError::UnsupportedQuantization(format!("{ty:?}")));
         }
+        // Options only the fast path can honour are refused elsewhere
+        // rather than silently dropped.
+        if !loader.keep_quantized && (options.quantize.is_some() || options.kv_cache_dtype != KvDtype::F32) {
+            return Err(ModelError::NeedsCpuFastPath {
+                device: format!("{device:?}"),
+                dtype: format!("{dtype:?}"),
+            });
+        }
         let c = &config;
         let embed_tokens = Embedding::load(&loader, "model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)

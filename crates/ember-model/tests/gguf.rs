@@ -306,6 +306,14 @@ fn in_situ_q8_0_matches_the_q8_0_gguf() -> anyhow::Result<()> {
         ..LoadOptions::default()
     };
     let config = ModelConfig::from_file(&root.join("qwen3-tiny/config.json"))?;
-    assert!(CausalLm::load_with(config, &source, &Device::flex(), DType::F32, unsupported).is_err());
+    assert!(CausalLm::load_with(config.clone(), &source, &Device::flex(), DType::F32, unsupported).is_err());
+
+    // Off the fast path, quantization is refused rather than ignored.
+    let generic = LoadOptions {
+        cpu_fast_path: false,
+        ..options
+    };
+    let refused = CausalLm::load_with(config, &source, &Device::flex(), DType::F32, generic);
+    assert!(matches!(refused, Err(ember_model::ModelError::NeedsCpuFastPath { .. })), "quantize without the fast path");
     Ok(())
 }

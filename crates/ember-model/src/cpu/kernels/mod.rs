@@ -96,15 +96,21 @@ pub unsafe fn dot_rows(isa: Isa, w: &QuantMatrix, rows: Range<usize>, x: &[f32],
 /// Rows `rows` of `w` as f32 into `out` (`[rows.len(), cols]`), replacing
 /// its contents.
 pub fn dequantize_rows(isa: Isa, w: &QuantMatrix, rows: Range<usize>, out: &mut Vec<f32>) {
-    out.clear();
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            out.resize(rows.len() * w.cols(), 0.0);
+            // Every element is overwritten: only a longer panel than the
+            // last one needs its tail filled (a reused buffer is not zeroed).
+            let len = rows.len() * w.cols();
+            out.truncate(len);
+            out.resize(len, 0.0);
             // SAFETY: `active`/`force` only choose Avx2 when the CPU has it.
             unsafe { avx2::dequantize_rows(w, rows, out) }
         }
-        _ => rows.for_each(|r| w.dequantize_row_into(r, out)),
+        _ => {
+            out.clear();
+            rows.for_each(|r| w.dequantize_row_into(r, out));
+        }
     }
 }
 

@@ -626,9 +626,8 @@ def main():
                        name="malformed")
     outdir = Path(tempfile.mkdtemp(prefix="ember-malformed-"))
     started = time.monotonic()
-    try:
-        server.start()
-        server.wait_ready()
+
+    def body():
         print(f"server: {server.startup_report()}")
         print(f"{len(cases)} bodies ({args.count or 'all'} per route, seed {args.seed}), {args.concurrency} at a time")
         results = asyncio.run(run_all(server, cases, args.concurrency, args.timeout))
@@ -645,13 +644,8 @@ def main():
             print(f"--- server log tail ({server.log_path}):\n{server.log_tail()}")
         if server.alive():
             asyncio.run(final_checks(server.port, ledger))
-        panics = server.panics()
-        ledger.check(not panics, "no panic in the server log", " | ".join(p[-200:] for p in panics[:3]))
-    except (RuntimeError, ProtocolError, OSError, asyncio.TimeoutError) as e:
-        ledger.check(False, "malformed_http ran to the end", f"{type(e).__name__}: {e}")
-        print(f"--- server log ({server.log_path}):\n{server.log_tail()}")
-    finally:
-        server.stop_checked(ledger)
+
+    rc.run_checked(server, ledger, "malformed_http", body)
     print(f"ran {time.monotonic() - started:.0f} s; server log: {server.log_path}")
     sys.exit(ledger.finish())
 

@@ -195,6 +195,24 @@ class ProtocolError(Exception):
     """The server broke HTTP: closed early, sent garbage, ..."""
 
 
+def run_checked(server: "Server", ledger: "Ledger", what: str, body) -> None:
+    """Starts `server`, runs `body()`, then checks the log holds no panic.
+    A protocol or I/O failure becomes the failed check "`what` ran to the
+    end" (with the log's tail); the server is always stopped, its exit
+    checked."""
+    try:
+        server.start()
+        server.wait_ready()
+        body()
+        panics = server.panics()
+        ledger.check(not panics, "no panic in the server log", " | ".join(p[-200:] for p in panics[:3]))
+    except (RuntimeError, ProtocolError, OSError, asyncio.TimeoutError) as e:
+        ledger.check(False, f"{what} ran to the end", f"{type(e).__name__}: {e}")
+        print(f"--- server log ({server.log_path}):\n{server.log_tail()}")
+    finally:
+        server.stop_checked(ledger)
+
+
 @dataclass
 class Response:
     status: int

@@ -435,18 +435,12 @@ def main():
     server = rc.Server(args.ember, extra_args=[
         "--kv-cache-memory", args.kv_cache_memory, "--max-num-seqs", str(args.max_num_seqs),
         "--max-queue-len", str(args.max_queue_len)], name="soak")
-    try:
-        server.start()
-        server.wait_ready()
+
+    def body():
         asyncio.run(soak(args, server, ledger))
         ledger.check(server.alive(), "server still running after the load")
-        panics = server.panics()
-        ledger.check(not panics, "no panic in the server log", "; ".join(panics[:3]))
-    except (RuntimeError, ProtocolError, OSError, asyncio.TimeoutError) as e:
-        ledger.check(False, "soak ran to the end", f"{type(e).__name__}: {e}")
-        print(f"--- server log ({server.log_path}):\n{server.log_tail()}")
-    finally:
-        server.stop_checked(ledger)
+
+    rc.run_checked(server, ledger, "soak", body)
     print(f"server log: {server.log_path}")
     sys.exit(ledger.finish())
 

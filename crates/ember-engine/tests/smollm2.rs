@@ -93,9 +93,11 @@ fn gguf_config_and_special_tokens() -> anyhow::Result<()> {
 /// The CPU fast path (Q4_1 blocks and the Q8_0 tied head multiplied by the
 /// SIMD kernels, host KV pool, paged attention) against the generic path
 /// (every tensor dequantized to f32 at load, Burn ops) on the real model:
-/// all logits of the first chat's prompt agree within 1e-3 (they differ
-/// only in summation order; measured 1.1e-4 on logits of magnitude ~20),
-/// and so does the argmax at every position.
+/// all logits of the first chat's prompt agree within 0.05, and so does the
+/// argmax at every position. The SIMD kernels round activations to i16
+/// (15 bits of each 32 values' largest magnitude): measured 0.023 on logits
+/// of magnitude ~20, where f32 activations differed by 1.1e-4 (summation
+/// order only); the greedy answers above stay those of the f32 reference.
 #[test]
 fn fast_path_logits_match_the_generic_path() -> anyhow::Result<()> {
     use ember_model::gguf::GgufFile;
@@ -120,7 +122,7 @@ fn fast_path_logits_match_the_generic_path() -> anyhow::Result<()> {
         .map(|(g, w)| (g - w).abs())
         .fold(0.0f32, |worst, d| if d.is_nan() { f32::INFINITY } else { worst.max(d) });
     println!("SmolLM2 fast vs generic: max |logit diff| {worst}");
-    assert!(worst <= 1e-3, "max |logit diff| {worst}");
+    assert!(worst <= 0.05, "max |logit diff| {worst}");
     let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
     for (position, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
         assert_eq!(argmax(g), argmax(w), "top token at position {position}");

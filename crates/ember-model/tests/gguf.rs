@@ -266,15 +266,17 @@ fn qwen2_gguf_keeps_its_biases() -> anyhow::Result<()> {
     gguf_matches_safetensors("qwen2-tiny", "qwen2-tiny.f32.gguf", 1e-5).map(|_| ())
 }
 
-/// The only difference between the paths is summation order (blocks and
-/// SIMD lanes against one long dot), so they agree to f32 rounding.
+/// The paths differ in summation order and, on the SIMD kernels, in
+/// activations rounded to i16 per 32 values (at most 1/65534 of each
+/// chunk's largest magnitude): measured 3.3e-4 on logits of magnitude ~3
+/// (1e-5 with f32 activations).
 #[test]
 fn quantized_fast_path_matches_the_generic_path() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
     let prompt: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
     let worst = common::fast_vs_generic(&root.join("qwen3-tiny.q8_0.gguf"), &prompt)?;
     println!("qwen3-tiny Q8_0: fast vs generic max |diff| {worst}");
-    assert!(worst <= 1e-4, "max |diff| {worst}");
+    assert!(worst <= 1e-3, "max |diff| {worst}");
     Ok(())
 }
 
@@ -299,7 +301,7 @@ fn in_situ_q8_0_matches_the_q8_0_gguf() -> anyhow::Result<()> {
     let a: Vec<f32> = isq.logits(&prompt)?.into_data().try_to_vec()?;
     let b: Vec<f32> = gguf.logits(&prompt)?.into_data().try_to_vec()?;
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(worst <= 1e-4, "max |diff| {worst}");
+    assert!(worst <= 1e-3, "max |diff| {worst}");
 
     let unsupported = LoadOptions {
         quantize: Some(QuantType::Q6K),

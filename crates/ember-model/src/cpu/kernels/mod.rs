@@ -1,10 +1,12 @@
-//! Dot products of quantized weight rows with f32 activations.
+//! Dot products of quantized weight rows with activations.
 //!
-//! Weights are dequantized in registers and multiplied into f32 activations
-//! with FMA, never the other way round: quantizing activations to 8 bits (as
-//! llama.cpp's Q8_1 path does) changes greedy answers of small models, while
-//! f32 activations keep them. At batch 1 a projection is bound by reading its
-//! weights, so the extra arithmetic is free.
+//! Activations are never rounded to 8 bits: llama.cpp's Q8_1 activations
+//! change the greedy answers of small models (SmolLM2-135M answers "What is
+//! the capital of France?" with "L'Étoile..." instead of "The capital of
+//! France is Paris."). The scalar path keeps them f32; the SIMD path rounds
+//! them to i16 with one scale per 32 values (15 bits of the chunk's largest
+//! magnitude), which keeps those answers and lets `vpmaddwd` do sixteen
+//! multiply-adds per instruction.
 //!
 //! Written by hand because no maintained crate reads GGML blocks: candle's
 //! `quantized` module and ggml's `ggml-cpu` (the sources these follow) both
@@ -70,10 +72,37 @@ pub fn force(isa: Isa) -> Isa {
     chosen
 }
 
-/// Per-token sums of every 32 activations: formats with an offset
-/// (`x = d * q + m`) add `m * sum(x)` once per block instead of per element.
-pub fn chunk_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks_exact(32).map(|c| c.iter().sum()).collect()
+/// The tokens of one matmul as the kernels read them, prepared once and
+/// shared by every task and every projection of the input.
+pub struct Activations<'a> {
+    isa: Isa,
+    x: &'a [f32],
+    m: usize,
+    /// Sums of every 32 values: formats with an offset (`w = d * q + m`)
+    /// add `m * sum(x)` once per block instead of per element.
+    sums: Vec<f32>,
+    /// SIMD only: `x` as i16, with `scales` (one per 32 values) the f32
+    /// value of one step.
+    q: Vec<i16>,
+    scales: Vec<f32>,
+}
+
+impl<'a> Activations<'a> {
+    /// `x` is `[m, cols]` row-major with `cols % 32 == 0` (every block
+    /// format's row length is).
+    pub fn new(isa: Isa, x: &'a [f32], m: usize) -> Self {
+        assert!(x.len() % 32 == 0 && (m == 0 || x.len() % m == 0), "Activations: shape");
+        let sums = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
+        let (mut q, mut scales) = (Vec::new(), Vec::new());
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            q = vec![0; x.len()];
+            scales = vec![0.0; x.len() / 32];
+            // SAFETY: Avx2 is only chosen when the CPU has it; shapes as asked.
+            unsafe { avx2::quantize_activations(x, &mut q, &mut scales) };
+        }
+        Self { isa, x, m, sums, q, scales }
+    }
 }
 
 /// `out[t * ldo + r] = dot(w[r], x[t])` for `r` in `rows`, `t` in `0..m`.
@@ -81,15 +110,16 @@ pub fn chunk_sums(x: &[f32]) -> Vec<f32> {
 /// # Safety
 /// `out` must be valid for writes at every such index, and no other thread
 /// may write those elements during the call.
-pub unsafe fn dot_rows(isa: Isa, w: &QuantMatrix, rows: Range<usize>, x: &[f32], sums: &[f32], m: usize, out: *mut f32, ldo: usize) {
-    debug_assert!(rows.end <= w.rows() && x.len() >= m * w.cols() && sums.len() >= m * w.cols() / 32);
-    match isa {
+pub unsafe fn dot_rows(w: &QuantMatrix, rows: Range<usize>, a: &Activations<'_>, out: *mut f32, ldo: usize) {
+    assert!(rows.end <= w.rows() && a.x.len() == a.m * w.cols(), "dot_rows: shape");
+    match a.isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `active`/`force` only choose Avx2 when the CPU has it; the
-        // caller guarantees `out`.
-        Isa::Avx2 => unsafe { avx2::dot_rows(w, rows, x, sums, m, out, ldo) },
+        // SAFETY: `active`/`force` only choose Avx2 when the CPU has it, and
+        // `Activations::new` then filled `q` and `scales`; the caller
+        // guarantees `out`.
+        Isa::Avx2 => unsafe { avx2::dot_rows(w, rows, &a.q, &a.scales, &a.sums, a.m, out, ldo) },
         // SAFETY: as above for `out`.
-        _ => unsafe { scalar::dot_rows(w, rows, x, m, out, ldo) },
+        _ => unsafe { scalar::dot_rows(w, rows, a.x, a.m, out, ldo) },
     }
 }
 

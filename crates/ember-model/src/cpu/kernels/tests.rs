@@ -61,9 +61,9 @@ fn reference(w: &QuantMatrix, x: &[f32], m: usize) -> Vec<f32> {
 fn run(isa: Isa, w: &QuantMatrix, x: &[f32], m: usize) -> Vec<f32> {
     let n = w.rows();
     let mut out = vec![f32::NAN; m * n];
-    let sums = chunk_sums(x);
+    let a = Activations::new(isa, x, m);
     // SAFETY: `out` holds m * n elements and is written by this thread only.
-    unsafe { dot_rows(isa, w, 0..n, x, &sums, m, out.as_mut_ptr(), n) };
+    unsafe { dot_rows(w, 0..n, &a, out.as_mut_ptr(), n) };
     out
 }
 
@@ -75,14 +75,21 @@ fn check(isa: Isa, ty: QuantType, scale: f32, m: usize) {
     let want = reference(&w, &x, m);
     let got = run(isa, &w, &x, m);
     // Summation order differs (blocks, lanes); the error scales with the
-    // magnitude of the terms, bounded by sum |w| |x|.
+    // magnitude of the terms, bounded by sum |w| |x|. The SIMD path also
+    // rounds each activation to i16, off by at most half a step (1/65534
+    // of its chunk's largest magnitude).
     let dense = w.dequantize();
+    let rounding = |i: usize| match isa {
+        Isa::Scalar => 0.0,
+        _ => x[i / 32 * 32..i / 32 * 32 + 32].iter().fold(0.0f32, |a, v| a.max(v.abs())) / 65534.0,
+    };
     for t in 0..m {
         for r in 0..rows {
             let bound: f32 = (0..cols).map(|i| (dense[r * cols + i] * x[t * cols + i]).abs()).sum();
+            let rounded: f32 = (0..cols).map(|i| dense[r * cols + i].abs() * rounding(t * cols + i)).sum();
             let (g, e) = (got[t * rows + r], want[t * rows + r]);
             assert!(
-                (g - e).abs() <= 2e-5 * bound.max(f32::MIN_POSITIVE),
+                (g - e).abs() <= 2e-5 * bound.max(f32::MIN_POSITIVE) + 1.01 * rounded,
                 "{isa:?} {ty:?} scale {scale} m {m}: row {r} token {t}: got {g}, want {e} (bound {bound})"
             );
         }
@@ -120,12 +127,12 @@ fn kernels_write_only_their_rows_and_stride() {
     let mut rng = Rng(42);
     let w = random_matrix(QuantType::Q4_1, 8, 64, 0.02, &mut rng);
     let x: Vec<f32> = (0..2 * 64).map(|_| rng.f32()).collect();
-    let sums = chunk_sums(&x);
     for isa in [Isa::Scalar, detect()] {
         let ldo = 11;
         let mut out = vec![7.0f32; 2 * ldo];
+        let a = Activations::new(isa, &x, 2);
         // SAFETY: indices t * 11 + r for r in 2..5, t in 0..2 are inside `out`.
-        unsafe { dot_rows(isa, &w, 2..5, &x, &sums, 2, out.as_mut_ptr(), ldo) };
+        unsafe { dot_rows(&w, 2..5, &a, out.as_mut_ptr(), ldo) };
         for (i, v) in out.iter().enumerate() {
             let written = (2..5).contains(&(i % ldo));
             assert_eq!(*v == 7.0, !written, "{isa:?}: index {i}");
@@ -148,4 +155,31 @@ fn simd_dequantization_matches_the_reference() {
         }
         assert_eq!(got.len(), want.len());
     }
+}
+
+#[test]
+fn activations_round_to_half_a_step_of_their_chunk() {
+    let isa = detect();
+    if isa == Isa::Scalar {
+        return;
+    }
+    let mut rng = Rng(99);
+    // Ordinary, huge, tiny, all-zero, below-reciprocal and mixed chunks.
+    let mut x: Vec<f32> = (0..32).map(|_| rng.f32()).collect();
+    x.extend((0..32).map(|_| rng.f32() * 3e38));
+    x.extend((0..32).map(|_| rng.f32() * 1e-30));
+    x.extend([0.0; 32]);
+    x.extend([1e-40; 32]);
+    x.extend((0..32).map(|i| if i == 5 { 1e4 } else { rng.f32() }));
+    let a = Activations::new(isa, &x, 1);
+    for (c, chunk) in x.chunks_exact(32).enumerate() {
+        let amax = chunk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        for (i, v) in chunk.iter().enumerate() {
+            let back = f64::from(a.q[c * 32 + i]) * f64::from(a.scales[c]);
+            let err = (back - f64::from(*v)).abs();
+            assert!(err <= f64::from(amax) / 65534.0 * 1.0001 + 1e-34, "chunk {c} value {i}: {v} came back as {back}");
+        }
+    }
+    assert_eq!(a.scales[3], 0.0);
+    assert_eq!(a.scales[4], 0.0);
 }

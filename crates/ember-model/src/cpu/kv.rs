@@ -159,10 +159,15 @@ impl KvLayer<'_> {
         self.row(self.keys, slot, head, scratch)
     }
 
-    /// Head `head`'s value at `slot`; f16 caches convert into `scratch`.
+    /// Head `head`'s value at `slot`, as f32 into `out`.
     #[inline(always)]
-    pub fn value<'s>(&'s self, slot: usize, head: usize, scratch: &'s mut [f32]) -> &'s [f32] {
-        self.row(self.values, slot, head, scratch)
+    pub fn copy_value(&self, slot: usize, head: usize, out: &mut [f32]) {
+        let d = out.len();
+        let at = self.values + slot * self.kv.width + head * d;
+        match self.kv.dtype {
+            KvDtype::F32 => out.copy_from_slice(&self.kv.f32s()[at..at + d]),
+            KvDtype::F16 => self.kv.f16s()[at..at + d].convert_to_f32_slice(out),
+        }
     }
 
     #[inline(always)]

@@ -142,7 +142,8 @@ struct Scratch {
     key: Vec<f32>,
     /// The block's values as f32 rows (f16 caches only).
     values: Vec<f32>,
-    /// `[queries, block_size]`: scores, then weights.
+    /// `[queries, lanes]` (block size rounded up to `KEY_LANES`): scores,
+    /// then weights.
     scores: Vec<f32>,
     /// Per query: running maximum, sum of weights, and how many of the
     /// block's positions it takes.

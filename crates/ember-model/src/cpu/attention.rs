@@ -291,7 +291,7 @@ fn score_tile<const FMA: bool, const Q: usize>(
 ) -> [[f32; KEY_LANES]; Q] {
     let mut acc = [[0.0f32; KEY_LANES]; Q];
     for j in 0..d {
-        let k: &[f32; KEY_LANES] = keys[j * lanes + column..][..KEY_LANES].try_into().unwrap_or(&[0.0; KEY_LANES]);
+        let k = &keys[j * lanes + column..][..KEY_LANES];
         for (qi, acc) in acc.iter_mut().enumerate() {
             let qv = queries[qi * d + j];
             for l in 0..KEY_LANES {
@@ -418,7 +418,8 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
             let mut tiles = out.chunks_exact_mut(TILE);
             for (c, tile) in tiles.by_ref().enumerate() {
                 // Eight independent vector accumulators over the positions.
-                let mut lanes: [f32; TILE] = (&*tile).try_into().unwrap_or([0.0; TILE]);
+                let mut lanes = [0.0f32; TILE];
+                lanes.copy_from_slice(tile);
                 for (p, &w) in weights.iter().enumerate() {
                     let v = &source[base + p * stride + c * TILE..][..TILE];
                     for j in 0..TILE {

@@ -16,6 +16,7 @@
 //! (`[m, cols]` row-major), `out[t * ldo + r] = dot(w[r], x[t])`.
 
 mod avx2;
+pub mod panel;
 mod scalar;
 
 use std::ops::Range;

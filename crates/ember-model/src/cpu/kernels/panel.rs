@@ -1,0 +1,186 @@
+//! Prefill products on AVX2: many tokens times a panel of dequantized
+//! weight rows.
+//!
+//! `gemm` packed each dequantized panel a second time, and the tokens again
+//! for every panel. Here the tokens are packed once per matmul, transposed
+//! in tiles of sixteen (`[k][16]`), and the panel is read as dequantized
+//! (row-major): each step of the microkernel broadcasts one weight of six
+//! rows and multiplies it into the two vectors of sixteen tokens, 12 FMAs
+//! for 8 loads with all twelve accumulators in registers, the shape of
+//! BLIS's 6x16 Haswell sgemm kernel (`bli_sgemm_haswell_asm_6x16`).
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// Tokens per tile: two AVX vectors.
+pub const TILE_TOKENS: usize = 16;
+
+/// Weight rows per microkernel call: 6 x 2 accumulators, two token vectors
+/// and one broadcast fill 15 of the 16 ymm registers.
+pub const TILE_ROWS: usize = 6;
+
+/// Columns per pass: a tile's slice of tokens (16 KiB) then stays in the
+/// 32 KiB L1 while every row group of the panel passes over it.
+const DEPTH: usize = 256;
+
+/// Tokens `[m, k]` transposed in tiles: tile `t` is `[k, 16]` holding tokens
+/// `16t..16t+16`, the missing tail of the last one zero. Borrows its
+/// storage, so a caller can keep one buffer across matmuls.
+pub struct PackedTokens<'a> {
+    data: &'a mut [f32],
+    m: usize,
+    k: usize,
+}
+
+impl<'a> PackedTokens<'a> {
+    /// Space for `m` tokens of `k` values in `buffer`, grown as needed.
+    pub fn new(buffer: &'a mut Vec<f32>, m: usize, k: usize) -> Self {
+        let len = m.div_ceil(TILE_TOKENS) * TILE_TOKENS * k;
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        Self {
+            data: &mut buffer[..len],
+            m,
+            k,
+        }
+    }
+
+    pub fn tiles(&self) -> usize {
+        self.m.div_ceil(TILE_TOKENS)
+    }
+
+    /// The whole buffer, for [`pack_tile`] on several threads.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        self.data
+    }
+}
+
+/// Transposes tokens `16 tile..` of `x` (`[m, k]`) into their tile of
+/// `packed`, the data of a [`PackedTokens`] of the same shape, zeroing the
+/// lanes past `m`.
+///
+/// # Safety
+/// `packed` comes from `data_mut` of a live `PackedTokens` for `m`, `k`,
+/// and no other thread writes this tile.
+pub unsafe fn pack_tile(x: &[f32], m: usize, k: usize, tile: usize, packed: *mut f32) {
+    assert!(
+        x.len() == m * k && tile < m.div_ceil(TILE_TOKENS),
+        "pack_tile: shape"
+    );
+    let first = tile * TILE_TOKENS;
+    // SAFETY: the tile starts inside the buffer (the caller's contract).
+    let dst = unsafe { packed.add(first * k) };
+    for lane in 0..TILE_TOKENS {
+        let token = first + lane;
+        for i in 0..k {
+            let v = if token < m { x[token * k + i] } else { 0.0 };
+            // SAFETY: `i * 16 + lane` is inside the tile (the caller's contract).
+            unsafe { *dst.add(i * TILE_TOKENS + lane) = v };
+        }
+    }
+}
+
+/// `out[t * ldo + r] = dot(tokens[t], panel[r])` for every token and
+/// `r < rows`, `panel` being `[rows, k]` row-major.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `out` is valid for writes at those
+/// indices and no other thread writes them.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn multiply_panel(
+    tokens: &PackedTokens<'_>,
+    panel: &[f32],
+    rows: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let k = tokens.k;
+    assert!(
+        panel.len() >= rows * k && rows <= ldo,
+        "multiply_panel: shape"
+    );
+    // The tile's sums, `[rows, 16]`, carried from one pass of DEPTH columns
+    // to the next.
+    let mut sums = vec![0.0f32; rows.div_ceil(TILE_ROWS) * TILE_ROWS * TILE_TOKENS];
+    for tile in 0..tokens.tiles() {
+        let first = tile * TILE_TOKENS;
+        for depth in (0..k).step_by(DEPTH) {
+            let pass = Pass {
+                x: tokens.data[first * k + depth * TILE_TOKENS..].as_ptr(),
+                len: DEPTH.min(k - depth),
+                stride: k,
+                fresh: depth == 0,
+            };
+            let mut r = 0;
+            // SAFETY: row groups stay inside `panel` and `sums`.
+            unsafe {
+                while r < rows {
+                    let w = panel.as_ptr().add(r * k + depth);
+                    let s = sums.as_mut_ptr().add(r * TILE_TOKENS);
+                    match rows - r {
+                        1 => pass.rows::<1>(w, s),
+                        2 => pass.rows::<2>(w, s),
+                        3 => pass.rows::<3>(w, s),
+                        4 => pass.rows::<4>(w, s),
+                        5 => pass.rows::<5>(w, s),
+                        _ => pass.rows::<TILE_ROWS>(w, s),
+                    }
+                    r += TILE_ROWS;
+                }
+            }
+        }
+        // Token by token, so the stores run along rows of `out` instead of
+        // touching a new cache line each.
+        for t in 0..TILE_TOKENS.min(tokens.m - first) {
+            for r in 0..rows {
+                // SAFETY: inside the caller's `out` and `sums`.
+                unsafe { *out.add((first + t) * ldo + r) = sums[r * TILE_TOKENS + t] };
+            }
+        }
+    }
+}
+
+/// One pass of `len` columns of a token tile.
+struct Pass {
+    /// The tile's tokens at the pass's first column (`[len, 16]`).
+    x: *const f32,
+    len: usize,
+    /// Between weight rows.
+    stride: usize,
+    /// The first pass starts from zero instead of the carried sums.
+    fresh: bool,
+}
+
+impl Pass {
+    /// `R` weight rows (from `w`, `stride` apart) into their sums at `s`
+    /// (`[R, 16]`).
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(&self, w: *const f32, s: *mut f32) {
+        // SAFETY: the caller keeps every offset in bounds; AVX2/FMA are
+        // enabled on the function this inlines into.
+        unsafe {
+            let rows: [*const f32; R] = std::array::from_fn(|r| w.add(r * self.stride));
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            if !self.fresh {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_loadu_ps(s.add(r * TILE_TOKENS));
+                    acc[1] = _mm256_loadu_ps(s.add(r * TILE_TOKENS + 8));
+                }
+            }
+            for i in 0..self.len {
+                let x0 = _mm256_loadu_ps(self.x.add(i * TILE_TOKENS));
+                let x1 = _mm256_loadu_ps(self.x.add(i * TILE_TOKENS + 8));
+                for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                    let b = _mm256_broadcast_ss(&*row.add(i));
+                    acc[0] = _mm256_fmadd_ps(b, x0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(b, x1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(s.add(r * TILE_TOKENS), acc[0]);
+                _mm256_storeu_ps(s.add(r * TILE_TOKENS + 8), acc[1]);
+            }
+        }
+    }
+}

@@ -324,10 +324,14 @@ impl Format for Q6K {
     }
 }
 
-/// Bytes ahead of the block being read that are prefetched. A task's rows
-/// are consecutive in memory, but the mapped file's 4 KiB pages restart the
-/// hardware prefetcher's stream at every page boundary; 0 turns it off.
-const PF: usize = 1024;
+/// Bytes ahead of the chunk being read that are prefetched. A task's rows
+/// are consecutive in memory, but a core running these kernels keeps too few
+/// loads in flight for this machine's memory latency (one core streams
+/// 8.9 GB/s with bare loads, `scripts/membw.c 1`, and decoded at 4.3 GB/s
+/// with 1 KiB of prefetch). Measured on tg128 (`ember bench --engine-only`,
+/// medians of interleaved runs, tok/s): one prefetch per block 1 KiB ahead
+/// 73, 2 KiB 78; one per cache line 2 KiB ahead 86, 3 KiB 75. 0 turns it off.
+const PF: usize = 2048;
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -372,8 +376,13 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
                 }
                 let (b, sub) = (c / per_block, c % per_block);
                 let block = row.add(b * F::BYTES);
-                if PF > 0 && sub == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(block.add(PF).cast());
+                // One prefetch per cache line: chunks are less than a line
+                // apart, so exactly one starts in the first `stride` bytes
+                // of each.
+                let stride = F::BYTES / per_block;
+                let ahead = block.add(sub * stride + PF);
+                if PF > 0 && (ahead as usize) % 64 < stride {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                 }
                 let Chunk { q, d, m } = F::chunk(block, sub);
                 for t in 0..T {

@@ -55,14 +55,33 @@ pub struct Heads {
 /// values are read once per block for all of them.
 const TILE_ROWS: usize = 16;
 
-/// One task: a run of one sequence's query rows, for one KV head and some
-/// of the query heads of its group (all of them unless tasks are too few
-/// to keep every thread busy, as in a single sequence's decode step).
-struct Task {
+/// A run of one sequence's query rows for one KV head and every query head
+/// of its group: each key and value row read serves all of them.
+struct Unit {
     sequence: usize,
     rows: Range<usize>,
     kv_head: usize,
-    heads: Range<usize>,
+}
+
+impl Unit {
+    fn queries(&self, group: usize) -> usize {
+        self.rows.len() * group
+    }
+}
+
+/// One task: part `part` of a unit's visible blocks. When units are too few
+/// to busy every thread (a single sequence's decode step), each is split
+/// over its history, flash-decoding style: the parts run in parallel and
+/// their partial softmax states (max, sum, weighted values) are merged
+/// after, so every key and value is still read once.
+struct Task {
+    unit: usize,
+    part: usize,
+}
+
+/// Floats of one part's state per query: max, sum, then `d` weighted values.
+fn state_len(d: usize) -> usize {
+    d + 2
 }
 
 /// `out[row, head]` = softmax(q k^T / sqrt(d)) v over what each query sees.
@@ -75,55 +94,117 @@ pub fn paged_attention(
     shape: Heads,
     out: &mut [f32],
 ) {
-    let group = shape.heads / shape.kv_heads;
-    let tiles: usize = sequences.iter().map(|s| s.rows.len().div_ceil(TILE_ROWS)).sum();
+    let units = units(sequences, shape.kv_heads);
     let wanted = 4 * pool::global().threads();
-    let parts = wanted.div_ceil((tiles * shape.kv_heads).max(1)).clamp(1, group);
-    let mut tasks = Vec::new();
+    let longest = sequences.iter().map(|s| (s.past_len + s.rows.len()).div_ceil(layer.block_size())).max().unwrap_or(1);
+    let parts = wanted.div_ceil(units.len().max(1)).clamp(1, longest.max(1));
+    attend_in_parts(q, layer, sequences, &units, parts, visible, shape, out);
+}
+
+/// Every sequence's rows in tiles, times the KV heads; longest histories
+/// first, so the last tasks claimed are short ones.
+fn units(sequences: &[SequenceView<'_>], kv_heads: usize) -> Vec<Unit> {
+    let mut units = Vec::new();
     for (sequence, seq) in sequences.iter().enumerate() {
         let mut end = seq.rows.end;
         while end > seq.rows.start {
             let start = end.saturating_sub(TILE_ROWS).max(seq.rows.start);
-            for kv_head in 0..shape.kv_heads {
-                tasks.extend((0..parts).map(|part| Task {
-                    sequence,
-                    rows: start..end,
-                    kv_head,
-                    heads: group * part / parts..group * (part + 1) / parts,
-                }));
-            }
+            units.extend((0..kv_heads).map(|kv_head| Unit {
+                sequence,
+                rows: start..end,
+                kv_head,
+            }));
             end = start;
         }
     }
-    // Longest histories first, so the last tasks claimed are short ones.
-    tasks.sort_by_key(|t| {
-        let seq = &sequences[t.sequence];
-        std::cmp::Reverse((seq.past_len + t.rows.end - seq.rows.start) * t.rows.len())
+    units.sort_by_key(|u| {
+        let seq = &sequences[u.sequence];
+        std::cmp::Reverse((seq.past_len + u.rows.end - seq.rows.start) * u.rows.len())
     });
+    units
+}
+
+/// [`paged_attention`] with every unit's blocks split into `parts`.
+#[allow(clippy::too_many_arguments)]
+fn attend_in_parts(
+    q: &[f32],
+    layer: &KvLayer<'_>,
+    sequences: &[SequenceView<'_>],
+    units: &[Unit],
+    parts: usize,
+    visible: &dyn Visible,
+    shape: Heads,
+    out: &mut [f32],
+) {
+    let (group, d) = (shape.heads / shape.kv_heads, shape.head_dim);
+    let tasks: Vec<Task> = (0..units.len()).flat_map(|unit| (0..parts).map(move |part| Task { unit, part })).collect();
+    // With parts, each task leaves its state at `states[(unit * parts +
+    // part) * stride..]`, `stride` fitting the largest unit.
+    let stride = TILE_ROWS * group * state_len(d);
+    let mut states = if parts > 1 { vec![0.0f32; tasks.len() * stride] } else { Vec::new() };
+    let states_ptr = SharedOut::new(&mut states);
     let out_ptr = SharedOut::new(out);
     let isa = kernels::active();
     pool::global().run(tasks.len(), &|i| {
-        let task = &tasks[i];
+        let Task { unit, part } = tasks[i];
+        let unit_ref = &units[unit];
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
-            let seq = &sequences[task.sequence];
-            scratch.gather(q, seq, task, visible, layer.block_size(), shape);
+            let seq = &sequences[unit_ref.sequence];
+            scratch.gather(q, seq, unit_ref, visible, layer.block_size(), shape);
             let walk = Walk {
                 layer,
                 block_table: seq.block_table,
-                kv_head: task.kv_head,
+                kv_head: unit_ref.kv_head,
             };
-            attend(isa, &walk, scratch, shape.head_dim);
-            let d = shape.head_dim;
-            let (first, count) = (task.kv_head * group + task.heads.start, task.heads.len());
-            for (local, row) in task.rows.clone().enumerate() {
-                let from = &scratch.acc[local * count * d..(local + 1) * count * d];
-                // SAFETY: each task owns its rows' heads `first..first + count`.
-                let to = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((row * shape.heads + first) * d), count * d) };
-                to.copy_from_slice(from);
+            let blocks = scratch.union.len();
+            attend(isa, &walk, scratch, d, blocks * part / parts..blocks * (part + 1) / parts);
+            if parts > 1 {
+                // SAFETY: each task owns its `stride` floats of `states`.
+                let state = unsafe { std::slice::from_raw_parts_mut(states_ptr.get().add(i * stride), stride) };
+                scratch.save_state(state, d);
+            } else {
+                scratch.normalize(d);
+                // SAFETY: each unit owns its rows' heads of its group.
+                unsafe { scratch.write_out(out_ptr.get(), unit_ref, shape) };
             }
         });
     });
+    if parts > 1 {
+        // Serially: a few hundred multiply-adds per query, less than waking
+        // the pool for another region.
+        for (unit, unit_ref) in units.iter().enumerate() {
+            let parts_states: Vec<&[f32]> = (0..parts).map(|p| &states[(unit * parts + p) * stride..][..stride]).collect();
+            for query in 0..unit_ref.queries(group) {
+                let (local, head) = (query / group, query % group);
+                let row = unit_ref.rows.start + local;
+                let at = (row * shape.heads + unit_ref.kv_head * group + head) * d;
+                merge_states(&parts_states, query * state_len(d), &mut out[at..at + d]);
+            }
+        }
+    }
+}
+
+/// Softmax-weighted values of one query from its parts' states (max, sum,
+/// unnormalised values at `at` in each).
+fn merge_states(parts: &[&[f32]], at: usize, out: &mut [f32]) {
+    let max = parts.iter().map(|s| s[at]).fold(f32::NEG_INFINITY, f32::max);
+    out.fill(0.0);
+    let mut sum = 0.0;
+    for state in parts {
+        let (part_max, part_sum) = (state[at], state[at + 1]);
+        if part_sum == 0.0 {
+            continue;
+        }
+        let scale = exp_nonpositive(part_max - max);
+        sum += part_sum * scale;
+        let d = out.len();
+        for (o, v) in out.iter_mut().zip(&state[at + 2..at + 2 + d]) {
+            *o += v * scale;
+        }
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Per-thread buffers, reused across tasks. A task's queries are its rows'
@@ -155,21 +236,20 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn gather(&mut self, q: &[f32], seq: &SequenceView<'_>, task: &Task, visible: &dyn Visible, bs: usize, shape: Heads) {
+    fn gather(&mut self, q: &[f32], seq: &SequenceView<'_>, unit: &Unit, visible: &dyn Visible, bs: usize, shape: Heads) {
         let (group, d) = (shape.heads / shape.kv_heads, shape.head_dim);
         let width = shape.heads * d;
         let scale = 1.0 / (d as f32).sqrt();
-        let heads = task.heads.len();
-        let queries = task.rows.len() * heads;
+        let queries = unit.queries(group);
         self.queries.clear();
         self.limits.clear();
-        self.visible.resize_with(task.rows.len(), Vec::new);
+        self.visible.resize_with(unit.rows.len(), Vec::new);
         self.union.clear();
-        for (local, row) in task.rows.clone().enumerate() {
+        for (local, row) in unit.rows.clone().enumerate() {
             let position = seq.past_len + (row - seq.rows.start);
-            let row_queries = &q[row * width + (task.kv_head * group + task.heads.start) * d..][..heads * d];
+            let row_queries = &q[row * width + unit.kv_head * group * d..][..group * d];
             self.queries.extend(row_queries.iter().map(|v| v * scale));
-            self.limits.extend(std::iter::repeat_n(position + 1, heads));
+            self.limits.extend(std::iter::repeat_n(position + 1, group));
             visible.blocks(seq, position, bs, &mut self.visible[local]);
             self.union.extend_from_slice(&self.visible[local]);
         }
@@ -187,6 +267,40 @@ impl Scratch {
         self.key.resize(d, 0.0);
         self.values.resize(bs * d, 0.0);
     }
+
+    /// Divides each query's weighted values by its sum of weights.
+    fn normalize(&mut self, d: usize) {
+        for (sum, acc) in self.sum.iter().zip(self.acc.chunks_exact_mut(d)) {
+            let inv = if *sum > 0.0 { 1.0 / sum } else { 0.0 };
+            acc.iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+
+    /// Each query's max, sum and unnormalised values, `state_len(d)` floats
+    /// per query, into `state`.
+    fn save_state(&self, state: &mut [f32], d: usize) {
+        for (i, acc) in self.acc.chunks_exact(d).enumerate() {
+            let to = &mut state[i * state_len(d)..(i + 1) * state_len(d)];
+            to[0] = self.max[i];
+            to[1] = self.sum[i];
+            to[2..].copy_from_slice(acc);
+        }
+    }
+
+    /// The unit's normalised results into `out` (`[tokens, heads * d]`).
+    ///
+    /// # Safety
+    /// `out` holds the step's rows and no other thread writes this unit's
+    /// rows and heads.
+    unsafe fn write_out(&self, out: *mut f32, unit: &Unit, shape: Heads) {
+        let (group, d) = (shape.heads / shape.kv_heads, shape.head_dim);
+        for (local, row) in unit.rows.clone().enumerate() {
+            let from = &self.acc[local * group * d..(local + 1) * group * d];
+            // SAFETY: as the caller promises.
+            let to = unsafe { std::slice::from_raw_parts_mut(out.add((row * shape.heads + unit.kv_head * group) * d), group * d) };
+            to.copy_from_slice(from);
+        }
+    }
 }
 
 thread_local! {
@@ -200,12 +314,14 @@ struct Walk<'a> {
     kv_head: usize,
 }
 
-fn attend(isa: Isa, walk: &Walk<'_>, scratch: &mut Scratch, d: usize) {
+/// Walks the union's blocks `share` (indices into it), leaving each query's
+/// max, sum and unnormalised weighted values in the scratch.
+fn attend(isa: Isa, walk: &Walk<'_>, scratch: &mut Scratch, d: usize, share: Range<usize>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only active on CPUs that have it.
-        Isa::Avx2 => unsafe { attend_avx2(walk, scratch, d) },
-        _ => attend_generic::<false>(walk, scratch, d),
+        Isa::Avx2 => unsafe { attend_avx2(walk, scratch, d, share) },
+        _ => attend_generic::<false>(walk, scratch, d, share),
     }
 }
 
@@ -213,8 +329,8 @@ fn attend(isa: Isa, walk: &Walk<'_>, scratch: &mut Scratch, d: usize) {
 /// become 8-wide vector code.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(walk: &Walk<'_>, scratch: &mut Scratch, d: usize) {
-    attend_generic::<true>(walk, scratch, d);
+unsafe fn attend_avx2(walk: &Walk<'_>, scratch: &mut Scratch, d: usize, share: Range<usize>) {
+    attend_generic::<true>(walk, scratch, d, share);
 }
 
 /// `a * b + c`, fused where the instruction exists (without it, `mul_add`
@@ -334,7 +450,7 @@ fn score_block<const FMA: bool>(queries: &[f32], keys: &[f32], lanes: usize, d: 
 /// vectorizable pass, then the weighted values with the accumulators in
 /// registers.
 #[inline(always)]
-fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: usize) {
+fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: usize, share: Range<usize>) {
     let bs = walk.layer.block_size();
     let lanes = bs.next_multiple_of(KEY_LANES);
     let Scratch {
@@ -353,7 +469,7 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
     } = scratch;
     let per_row = queries.len() / d / visible.len().max(1);
     let limit = limits.iter().copied().max().unwrap_or(0);
-    for &logical in union.iter() {
+    for &logical in &union[share] {
         let first = logical * bs;
         let (Some(&block), true) = (walk.block_table.get(logical), first < limit) else { break };
         let n = bs.min(limit - first);
@@ -436,10 +552,6 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
                 }
             }
         }
-    }
-    for (i, sum) in sum.iter().enumerate() {
-        let inv = if *sum > 0.0 { 1.0 / sum } else { 0.0 };
-        acc[i * d..(i + 1) * d].iter_mut().for_each(|a| *a *= inv);
     }
 }
 
@@ -533,9 +645,19 @@ mod tests {
     /// row matches naive attention under its own causal limit.
     #[test]
     fn long_prompt_chunks_match_naive_attention() {
+        // A prompt chunk of several tiles, and a decode step deep in its
+        // history; each whole, split over its blocks in parts (the decode
+        // split), and in more parts than blocks (empty parts).
+        for (past, new) in [(13usize, 37usize), (49, 1)] {
+            for parts in [1, 3, 20] {
+                chunk_matches_naive_attention(past, new, parts);
+            }
+        }
+    }
+
+    fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize) {
         let (heads, kv_heads, d, bs) = (6, 3, 16, 4);
         let width = kv_heads * d;
-        let (past, new) = (13usize, 37usize);
         let total = past + new;
         let table: Vec<u32> = (0..total.div_ceil(bs) as u32).map(|b| (b * 7) % 13).collect();
         for (dtype, tolerance) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-2)] {
@@ -552,7 +674,9 @@ mod tests {
             let sequences = [SequenceView { rows: 0..new, past_len: past, block_table: &table }];
             let q: Vec<f32> = (0..new * heads * d).map(|i| value(i * 3 + 1)).collect();
             let mut out = vec![f32::NAN; new * heads * d];
-            paged_attention(&q, &kv.layer(0), &sequences, &Causal, Heads { heads, kv_heads, head_dim: d }, &mut out);
+            let shape = Heads { heads, kv_heads, head_dim: d };
+            let units = units(&sequences, kv_heads);
+            attend_in_parts(&q, &kv.layer(0), &sequences, &units, parts, &Causal, shape, &mut out);
             for row in 0..new {
                 for h in 0..heads {
                     let g = h / (heads / kv_heads);
@@ -561,7 +685,8 @@ mod tests {
                     let at = (row * heads + h) * d;
                     let want = naive(&q[at..at + d], &head_keys, &head_values, past + row + 1);
                     for (got, w) in out[at..at + d].iter().zip(&want) {
-                        assert!((f64::from(*got) - w).abs() < tolerance, "{dtype:?} row {row} head {h}: {got} vs {w}");
+                        let context = format!("{dtype:?} past {past} new {new} parts {parts} row {row} head {h}");
+                        assert!((f64::from(*got) - w).abs() < tolerance, "{context}: {got} vs {w}");
                     }
                 }
             }

@@ -324,14 +324,17 @@ impl Format for Q6K {
     }
 }
 
-/// Bytes ahead of the chunk being read that are prefetched. A task's rows
-/// are consecutive in memory, but a core running these kernels keeps too few
-/// loads in flight for this machine's memory latency (one core streams
-/// 8.9 GB/s with bare loads, `scripts/membw.c 1`, and decoded at 4.3 GB/s
-/// with 1 KiB of prefetch). Measured on tg128 (`ember bench --engine-only`,
-/// medians of interleaved runs, tok/s): one prefetch per block 1 KiB ahead
-/// 73, 2 KiB 78; one per cache line 2 KiB ahead 86, 3 KiB 75. 0 turns it off.
-const PF: usize = 2048;
+/// Bytes ahead of the chunk being read that are prefetched, into L2. A
+/// task's rows are consecutive in memory, but a core running these kernels
+/// keeps too few loads in flight for this machine's memory latency (one core
+/// streams 8.9 GB/s with bare loads, `scripts/membw.c 1`, and decoded at
+/// 4.3 GB/s with 1 KiB of prefetch into L1). Measured on tg128 (`ember bench
+/// --engine-only`, tok/s, medians of interleaved A/B runs; this machine
+/// drifts, so only figures within one comparison compare): per block into
+/// L1, 1 KiB 73 vs 2 KiB 78; per cache line into L1, 2 KiB 86 vs 3 KiB 75;
+/// per line, 2 KiB into L1 76 vs 4 KiB into L2 87 (one thread: 54 vs 60);
+/// per line into L2, 3 KiB 82, 4 KiB 87, 8 KiB 88. 0 turns it off.
+const PF: usize = 4096;
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -382,7 +385,7 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
                 let stride = F::BYTES / per_block;
                 let ahead = block.add(sub * stride + PF);
                 if PF > 0 && (ahead as usize) % 64 < stride {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
                 }
                 let Chunk { q, d, m } = F::chunk(block, sub);
                 for t in 0..T {

@@ -19,9 +19,9 @@ use super::pool;
 use super::SharedOut;
 use super::quant::QuantMatrix;
 
-/// From this many tokens on, dequantized panels and `gemm` beat the row
-/// kernels (which unpack every block once per four tokens): below it, a
-/// batch of decode steps; from it, prompt chunks.
+/// From this many tokens on, dequantized panels beat the row kernels (which
+/// unpack every block once per four tokens): below it, a batch of decode
+/// steps; from it, prompt chunks.
 pub const PANEL_MIN_TOKENS: usize = 48;
 
 /// Bytes of f32 a dequantized panel may take: half of a 512 KiB L2.

@@ -396,11 +396,8 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             }
         }
         let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
         let tail: f32 = a[whole..n].iter().zip(&b[whole..n]).map(|(a, b)| a * b).sum();
-        _mm_cvtss_f32(s) + tail
+        kernels::hsum(v) + tail
     }
 }
 

@@ -219,6 +219,7 @@ impl Format for Q5_1 {
         }
     }
 }
+
 /// Scale and minimum factors (6 bits each) of sub-block `j` of a Q4_K/Q5_K
 /// block (ggml's `get_scale_min_k4`).
 #[inline(always)]
@@ -336,8 +337,9 @@ impl Format for Q6K {
 /// per line into L2, 3 KiB 82, 4 KiB 87, 8 KiB 88. 0 turns it off.
 const PF: usize = 4096;
 
+/// The sum of the eight lanes of `v` (also the attention's dot products).
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY: plain AVX arithmetic on registers.
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));

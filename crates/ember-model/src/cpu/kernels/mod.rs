@@ -19,6 +19,9 @@ mod avx2;
 pub mod panel;
 mod scalar;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::hsum;
+
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -3,6 +3,8 @@
 //! sqrt, recip, mul for RMSNorm; slice, neg, cat, two muls and an add for
 //! RoPE). Formulas as in Hugging Face's `modeling_qwen3.py`.
 
+use std::ops::Range;
+
 use super::{SharedOut, pool};
 
 /// Elements per task of the element-wise passes: a prompt chunk's MLP
@@ -10,24 +12,31 @@ use super::{SharedOut, pool};
 /// step's stay on the calling thread.
 const PARALLEL_CHUNK: usize = 16 * 1024;
 
+/// Runs `pass(range, &mut out[range])` over runs of `chunk` elements of
+/// `out` (a multiple of `chunk` when the caller needs whole rows), on the
+/// thread pool when there are several, else on the calling thread.
+fn over_pool(out: &mut [f32], chunk: usize, pass: &(dyn Fn(Range<usize>, &mut [f32]) + Sync)) {
+    let len = out.len();
+    if len <= chunk {
+        pass(0..len, out);
+        return;
+    }
+    let shared = SharedOut::new(out);
+    pool::global().run(len.div_ceil(chunk), &|task| {
+        let range = task * chunk..((task + 1) * chunk).min(len);
+        // SAFETY: tasks take disjoint ranges of `out`, which outlives the region.
+        let part = unsafe { std::slice::from_raw_parts_mut(shared.get().add(range.start), range.len()) };
+        pass(range, part);
+    });
+}
+
 /// RMSNorm over rows of `weight.len()`: `x / sqrt(mean(x^2) + eps) * weight`;
 /// rows split over the thread pool when there are many.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
     let dim = weight.len();
     assert!(x.len() == out.len() && dim > 0 && x.len() % dim == 0, "rms_norm: shapes");
     let rows_per_task = (PARALLEL_CHUNK / dim).max(1);
-    let rows = x.len() / dim;
-    if rows <= rows_per_task {
-        rms_norm_serial(x, weight, eps, out);
-        return;
-    }
-    let shared = SharedOut::new(out);
-    pool::global().run(rows.div_ceil(rows_per_task), &|task| {
-        let range = task * rows_per_task * dim..((task + 1) * rows_per_task).min(rows) * dim;
-        // SAFETY: tasks take disjoint rows of `out`, which outlives the region.
-        let out = unsafe { std::slice::from_raw_parts_mut(shared.get().add(range.start), range.len()) };
-        rms_norm_serial(&x[range], weight, eps, out);
-    });
+    over_pool(out, rows_per_task * dim, &|range, out| rms_norm_serial(&x[range], weight, eps, out));
 }
 
 fn rms_norm_serial(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
@@ -63,18 +72,7 @@ pub fn rotary_in_place(x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32]
 /// 512-token prefill, `perf record`, while the other threads waited).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert!(gate.len() == up.len(), "silu_mul: shapes");
-    if gate.len() <= PARALLEL_CHUNK {
-        silu_mul_serial(gate, up);
-        return;
-    }
-    let len = gate.len();
-    let shared = SharedOut::new(gate);
-    pool::global().run(len.div_ceil(PARALLEL_CHUNK), &|chunk| {
-        let range = chunk * PARALLEL_CHUNK..((chunk + 1) * PARALLEL_CHUNK).min(len);
-        // SAFETY: tasks take disjoint ranges of `gate`, which outlives the region.
-        let gate = unsafe { std::slice::from_raw_parts_mut(shared.get().add(range.start), range.len()) };
-        silu_mul_serial(gate, &up[range]);
-    });
+    over_pool(gate, PARALLEL_CHUNK, &|range, gate| silu_mul_serial(gate, &up[range]));
 }
 
 fn silu_mul_serial(gate: &mut [f32], up: &[f32]) {

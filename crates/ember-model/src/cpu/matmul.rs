@@ -104,17 +104,26 @@ fn panel_products(x: &[f32], m: usize, cols: usize, outs: &[(SharedOut, &QuantMa
         // SAFETY: each task writes its own tile of `packed`.
         pool.run(packed.tiles(), &|tile| unsafe { panel::pack_tile(x, m, cols, tile, data.get()) });
         let packed = &packed;
-        let rows = (PANEL_BYTES / (cols * 4)).max(panel::TILE_ROWS) / panel::TILE_ROWS * panel::TILE_ROWS;
+        // Panels that fit the cache, and small enough that every thread
+        // gets several: with q/k/v's 960 rows in panels of 108, the last
+        // of ten tasks left one of two threads idle for a tenth of the call.
+        let fits = (PANEL_BYTES / (cols * 4)).max(panel::TILE_ROWS);
+        let total_rows: usize = outs.iter().map(|(_, w)| w.rows()).sum();
+        let balanced = total_rows.div_ceil(pool.threads() * 8);
+        let rows = fits.min(balanced).next_multiple_of(panel::TILE_ROWS);
         let tasks = split(outs, |_| rows);
         pool.run(tasks.len(), &|i| {
             let Task { projection, rows } = &tasks[i];
             let (out, w) = outs[*projection];
-            PANEL.with(|buffer| {
-                let mut buffer = buffer.borrow_mut();
-                kernels::dequantize_rows(Isa::Avx2, w, rows.clone(), &mut buffer);
-                // SAFETY: Avx2 is only active on CPUs that have it; `out` is
-                // `[m, w.rows()]` and tasks cover disjoint columns.
-                unsafe { panel::multiply_panel(packed, &buffer, rows.len(), out.get().add(rows.start), w.rows()) };
+            PANEL.with(|rowmajor| {
+                PACKED_PANEL.with(|panel| {
+                    let (rowmajor, panel) = (&mut *rowmajor.borrow_mut(), &mut *panel.borrow_mut());
+                    kernels::dequantize_rows(Isa::Avx2, w, rows.clone(), rowmajor);
+                    panel::pack_rows(rowmajor, rows.len(), cols, panel);
+                    // SAFETY: Avx2 is only active on CPUs that have it; `out`
+                    // is `[m, w.rows()]` and tasks cover disjoint columns.
+                    unsafe { panel::multiply_panel(packed, panel, rows.len(), out.get().add(rows.start), w.rows()) };
+                })
             });
         });
     });
@@ -141,6 +150,8 @@ fn split(outs: &[(SharedOut, &QuantMatrix)], rows_per_task: impl Fn(&QuantMatrix
 thread_local! {
     /// Each thread's panel buffer, reused across calls.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's panel packed for the AVX2 microkernel.
+    static PACKED_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's packed tokens, reused across calls.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }

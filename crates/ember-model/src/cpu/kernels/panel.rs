@@ -81,8 +81,28 @@ pub unsafe fn pack_tile(x: &[f32], m: usize, k: usize, tile: usize, packed: *mut
     }
 }
 
-/// `out[t * ldo + r] = dot(tokens[t], panel[r])` for every token and
-/// `r < rows`, `panel` being `[rows, k]` row-major.
+/// Packs `rows` dequantized weight rows (`[rows, k]`, row-major) for
+/// [`multiply_panel`]: groups of [`TILE_ROWS`] rows, each stored `[k][6]`,
+/// so that the microkernel's six broadcasts per column read one contiguous
+/// stream instead of six rows a stride apart; the last group's missing rows
+/// are zero.
+pub fn pack_rows(rowmajor: &[f32], rows: usize, k: usize, packed: &mut Vec<f32>) {
+    assert!(rowmajor.len() >= rows * k, "pack_rows: shape");
+    let groups = rows.div_ceil(TILE_ROWS);
+    packed.clear();
+    packed.resize(groups * TILE_ROWS * k, 0.0);
+    for (g, group) in packed.chunks_exact_mut(TILE_ROWS * k).enumerate() {
+        for r in 0..TILE_ROWS.min(rows - g * TILE_ROWS) {
+            let row = &rowmajor[(g * TILE_ROWS + r) * k..][..k];
+            for (i, v) in row.iter().enumerate() {
+                group[i * TILE_ROWS + r] = *v;
+            }
+        }
+    }
+}
+
+/// `out[t * ldo + r] = dot(tokens[t], row r)` for every token and
+/// `r < rows`, the rows packed by [`pack_rows`].
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `out` is valid for writes at those
@@ -96,37 +116,28 @@ pub unsafe fn multiply_panel(
     ldo: usize,
 ) {
     let k = tokens.k;
+    let groups = rows.div_ceil(TILE_ROWS);
     assert!(
-        panel.len() >= rows * k && rows <= ldo,
+        panel.len() >= groups * TILE_ROWS * k && rows <= ldo,
         "multiply_panel: shape"
     );
-    // The tile's sums, `[rows, 16]`, carried from one pass of DEPTH columns
-    // to the next.
-    let mut sums = vec![0.0f32; rows.div_ceil(TILE_ROWS) * TILE_ROWS * TILE_TOKENS];
+    // The tile's sums, `[groups * 6, 16]`, carried from one pass of DEPTH
+    // columns to the next.
+    let mut sums = vec![0.0f32; groups * TILE_ROWS * TILE_TOKENS];
     for tile in 0..tokens.tiles() {
         let first = tile * TILE_TOKENS;
         for depth in (0..k).step_by(DEPTH) {
             let pass = Pass {
                 x: tokens.data[first * k + depth * TILE_TOKENS..].as_ptr(),
                 len: DEPTH.min(k - depth),
-                stride: k,
                 fresh: depth == 0,
             };
-            let mut r = 0;
-            // SAFETY: row groups stay inside `panel` and `sums`.
-            unsafe {
-                while r < rows {
-                    let w = panel.as_ptr().add(r * k + depth);
-                    let s = sums.as_mut_ptr().add(r * TILE_TOKENS);
-                    match rows - r {
-                        1 => pass.rows::<1>(w, s),
-                        2 => pass.rows::<2>(w, s),
-                        3 => pass.rows::<3>(w, s),
-                        4 => pass.rows::<4>(w, s),
-                        5 => pass.rows::<5>(w, s),
-                        _ => pass.rows::<TILE_ROWS>(w, s),
-                    }
-                    r += TILE_ROWS;
+            for g in 0..groups {
+                // SAFETY: the group's pass and its sums lie inside `panel`
+                // and `sums`.
+                unsafe {
+                    let w = panel.as_ptr().add(g * TILE_ROWS * k + depth * TILE_ROWS);
+                    pass.group(w, sums.as_mut_ptr().add(g * TILE_ROWS * TILE_TOKENS));
                 }
             }
         }
@@ -146,22 +157,19 @@ struct Pass {
     /// The tile's tokens at the pass's first column (`[len, 16]`).
     x: *const f32,
     len: usize,
-    /// Between weight rows.
-    stride: usize,
     /// The first pass starts from zero instead of the carried sums.
     fresh: bool,
 }
 
 impl Pass {
-    /// `R` weight rows (from `w`, `stride` apart) into their sums at `s`
-    /// (`[R, 16]`).
+    /// One packed group of six rows (`[len][6]` from `w`) into its sums at
+    /// `s` (`[6, 16]`).
     #[inline(always)]
-    unsafe fn rows<const R: usize>(&self, w: *const f32, s: *mut f32) {
+    unsafe fn group(&self, w: *const f32, s: *mut f32) {
         // SAFETY: the caller keeps every offset in bounds; AVX2/FMA are
         // enabled on the function this inlines into.
         unsafe {
-            let rows: [*const f32; R] = std::array::from_fn(|r| w.add(r * self.stride));
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut acc = [[_mm256_setzero_ps(); 2]; TILE_ROWS];
             if !self.fresh {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     acc[0] = _mm256_loadu_ps(s.add(r * TILE_TOKENS));
@@ -171,8 +179,9 @@ impl Pass {
             for i in 0..self.len {
                 let x0 = _mm256_loadu_ps(self.x.add(i * TILE_TOKENS));
                 let x1 = _mm256_loadu_ps(self.x.add(i * TILE_TOKENS + 8));
-                for (row, acc) in rows.iter().zip(acc.iter_mut()) {
-                    let b = _mm256_broadcast_ss(&*row.add(i));
+                let wi = w.add(i * TILE_ROWS);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let b = _mm256_broadcast_ss(&*wi.add(r));
                     acc[0] = _mm256_fmadd_ps(b, x0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(b, x1, acc[1]);
                 }

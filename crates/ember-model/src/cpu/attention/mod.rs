@@ -11,6 +11,7 @@
 
 use std::ops::Range;
 
+mod avx2;
 mod walk;
 
 use super::kernels;

@@ -13,6 +13,26 @@ fn exp_matches_libm_to_a_few_ulp() {
     assert!(exp_nonpositive(-1e30) < 1e-37);
 }
 
+/// The AVX2 exponential gives the scalar one's bits, so both paths weigh
+/// alike.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_exp_matches_the_scalar_one() {
+    use std::arch::x86_64::*;
+    if !is_x86_feature_detected!("avx2") {
+        return;
+    }
+    for i in (0..=17_600).step_by(8) {
+        let xs: [f32; 8] = std::array::from_fn(|l| -((i + l) as f32) * 0.005);
+        let mut got = [0.0f32; 8];
+        // SAFETY: AVX2 checked above.
+        unsafe { _mm256_storeu_ps(got.as_mut_ptr(), avx2::exp_nonpositive(_mm256_loadu_ps(xs.as_ptr()))) };
+        for (x, g) in xs.iter().zip(got) {
+            assert_eq!(g.to_bits(), exp_nonpositive(*x).to_bits(), "exp({x})");
+        }
+    }
+}
+
 fn value(i: usize) -> f32 {
     ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0) * 2.0
 }
@@ -89,15 +109,18 @@ fn long_prompt_chunks_match_naive_attention() {
     // A prompt chunk of several tiles, and a decode step deep in its
     // history; each whole, split over its blocks in parts (the decode
     // split), and in more parts than blocks (empty parts).
+    // Heads of 40 take the vector paths' tiles of 32 and 8 columns.
     for (past, new) in [(13usize, 37usize), (49, 1)] {
         for parts in [1, 3, 20] {
-            chunk_matches_naive_attention(past, new, parts);
+            for d in [16, 40] {
+                chunk_matches_naive_attention(past, new, parts, d);
+            }
         }
     }
 }
 
-fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize) {
-    let (heads, kv_heads, d, bs) = (6, 3, 16, 4);
+fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize, d: usize) {
+    let (heads, kv_heads, bs) = (6, 3, 4);
     let width = kv_heads * d;
     let total = past + new;
     let table: Vec<u32> = (0..total.div_ceil(bs) as u32).map(|b| (b * 7) % 13).collect();
@@ -126,7 +149,7 @@ fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize) {
                 let at = (row * heads + h) * d;
                 let want = naive(&q[at..at + d], &head_keys, &head_values, past + row + 1);
                 for (got, w) in out[at..at + d].iter().zip(&want) {
-                    let context = format!("{dtype:?} past {past} new {new} parts {parts} row {row} head {h}");
+                    let context = format!("{dtype:?} d {d} past {past} new {new} parts {parts} row {row} head {h}");
                     assert!((f64::from(*got) - w).abs() < tolerance, "{context}: {got} vs {w}");
                 }
             }

@@ -5,7 +5,9 @@
 use std::ops::Range;
 
 use super::{Heads, SequenceView, Unit, Visible, state_len};
-use crate::cpu::kernels::{self, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::avx2;
+use crate::cpu::kernels::Isa;
 use crate::cpu::kv::KvLayer;
 
 /// Per-thread buffers, reused across tasks. A task's queries are its rows'
@@ -159,7 +161,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     if FMA {
         // SAFETY: `FMA` is only set inside `attend_avx2`, which has AVX2
         // and FMA enabled.
-        return unsafe { dot_avx2(a, b) };
+        return unsafe { avx2::dot(a, b) };
     }
     let mut lanes = [[0.0f32; 8]; 4];
     let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
@@ -179,32 +181,6 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     total.iter().sum::<f32>() + tail
-}
-
-/// [`dot`] in AVX2 intrinsics: left to the auto-vectorizer, the lane
-/// arrays above became two-float SSE operations, four times the
-/// instructions of a decode step's scoring.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let whole = n - n % 32;
-    // SAFETY: every load reads 8 floats below `whole <= n` of both slices;
-    // the caller enables AVX2 and FMA.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        for i in (0..whole).step_by(32) {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let at = i + 8 * k;
-                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(at)), _mm256_loadu_ps(pb.add(at)), *acc);
-            }
-        }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let tail: f32 = a[whole..n].iter().zip(&b[whole..n]).map(|(a, b)| a * b).sum();
-        kernels::hsum(v) + tail
-    }
 }
 
 /// Key positions scored at once: two AVX vectors per query.
@@ -274,9 +250,11 @@ fn score_block<const FMA: bool>(queries: &[f32], keys: &[f32], lanes: usize, d: 
                 1 => put(first, column, &score_tile::<FMA, 1>(q, keys, lanes, column, d)),
                 2 => put(first, column, &score_tile::<FMA, 2>(q, keys, lanes, column, d)),
                 3 => put(first, column, &score_tile::<FMA, 3>(q, keys, lanes, column, d)),
-                _ => put(first, column, &score_tile::<FMA, 4>(q, keys, lanes, column, d)),
+                4 => put(first, column, &score_tile::<FMA, 4>(q, keys, lanes, column, d)),
+                5 => put(first, column, &score_tile::<FMA, 5>(q, keys, lanes, column, d)),
+                _ => put(first, column, &score_tile::<FMA, 6>(q, keys, lanes, column, d)),
             }
-            first += (count - first).min(4);
+            first += (count - first).min(6);
         }
     }
 }
@@ -335,23 +313,14 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
         for (i, taken) in taken.iter_mut().enumerate() {
             let sees = visible[i / per_row].binary_search(&logical).is_ok();
             *taken = if sees { n.min(limits[i].saturating_sub(first)) } else { 0 };
-            if *taken == 0 {
+            let (scores, acc) = (&mut scores[i * lanes..(i + 1) * lanes], &mut acc[i * d..(i + 1) * d]);
+            #[cfg(target_arch = "x86_64")]
+            if FMA {
+                // SAFETY: `FMA` is only set inside `attend_avx2`.
+                unsafe { avx2::softmax_step(scores, *taken, &mut max[i], &mut sum[i], acc) };
                 continue;
             }
-            let block_scores = &mut scores[i * lanes..i * lanes + *taken];
-            let block_max = block_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if block_max > max[i] {
-                // Rescale what was accumulated under the smaller maximum.
-                let correction = exp_nonpositive(max[i] - block_max);
-                sum[i] *= correction;
-                acc[i * d..(i + 1) * d].iter_mut().for_each(|a| *a *= correction);
-                max[i] = block_max;
-            }
-            let m = max[i];
-            for s in block_scores.iter_mut() {
-                *s = exp_nonpositive(*s - m);
-            }
-            sum[i] += block_scores.iter().sum::<f32>();
+            softmax_step(scores, *taken, &mut max[i], &mut sum[i], acc);
         }
         // Values: in place for f32 caches, converted once per block for f16.
         let (source, base, stride) = match walk.layer.f32_values() {
@@ -363,31 +332,67 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
                 (&values[..], 0, d)
             }
         };
-        for (i, &n) in taken.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let weights = &scores[i * lanes..i * lanes + n];
-            let out = &mut acc[i * d..(i + 1) * d];
-            let mut tiles = out.chunks_exact_mut(TILE);
-            for (c, tile) in tiles.by_ref().enumerate() {
-                // Eight independent vector accumulators over the positions.
-                let mut lanes = [0.0f32; TILE];
-                lanes.copy_from_slice(tile);
-                for (p, &w) in weights.iter().enumerate() {
-                    let v = &source[base + p * stride + c * TILE..][..TILE];
-                    for j in 0..TILE {
-                        lanes[j] = madd::<FMA>(w, v[j], lanes[j]);
-                    }
-                }
-                tile.copy_from_slice(&lanes);
-            }
-            let done = d - d % TILE;
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: as above; the source holds the block's `n` rows.
+            unsafe { avx2::weighted_values(scores, lanes, taken, &source[base..], stride, acc, d) };
+            continue;
+        }
+        weighted_values::<FMA>(scores, lanes, taken, &source[base..], stride, acc, d);
+    }
+}
+
+/// One query's online-softmax step over a block: its first `taken` scores
+/// become weights `exp(score - max)`, rescaling `sum` and `acc` when the
+/// block raises the maximum.
+#[inline(always)]
+fn softmax_step(scores: &mut [f32], taken: usize, max: &mut f32, sum: &mut f32, acc: &mut [f32]) {
+    if taken == 0 {
+        return;
+    }
+    let block_scores = &mut scores[..taken];
+    let block_max = block_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if block_max > *max {
+        // Rescale what was accumulated under the smaller maximum.
+        let correction = exp_nonpositive(*max - block_max);
+        *sum *= correction;
+        acc.iter_mut().for_each(|a| *a *= correction);
+        *max = block_max;
+    }
+    let m = *max;
+    for s in block_scores.iter_mut() {
+        *s = exp_nonpositive(*s - m);
+    }
+    *sum += block_scores.iter().sum::<f32>();
+}
+
+/// `acc[q] += sum_p weights[q][p] * values[p]` over each query's `taken`
+/// positions, eight vector accumulators over the positions at a time.
+#[inline(always)]
+fn weighted_values<const FMA: bool>(weights: &[f32], lanes: usize, taken: &[usize], values: &[f32], stride: usize, acc: &mut [f32], d: usize) {
+    for (i, &n) in taken.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let weights = &weights[i * lanes..i * lanes + n];
+        let out = &mut acc[i * d..(i + 1) * d];
+        let mut tiles = out.chunks_exact_mut(TILE);
+        for (c, tile) in tiles.by_ref().enumerate() {
+            let mut lanes = [0.0f32; TILE];
+            lanes.copy_from_slice(tile);
             for (p, &w) in weights.iter().enumerate() {
-                let v = &source[base + p * stride + done..][..d - done];
-                for (a, v) in out[done..].iter_mut().zip(v) {
-                    *a = madd::<FMA>(w, *v, *a);
+                let v = &values[p * stride + c * TILE..][..TILE];
+                for j in 0..TILE {
+                    lanes[j] = madd::<FMA>(w, v[j], lanes[j]);
                 }
+            }
+            tile.copy_from_slice(&lanes);
+        }
+        let done = d - d % TILE;
+        for (p, &w) in weights.iter().enumerate() {
+            let v = &values[p * stride + done..][..d - done];
+            for (a, v) in out[done..].iter_mut().zip(v) {
+                *a = madd::<FMA>(w, *v, *a);
             }
         }
     }

@@ -5,6 +5,8 @@
 
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+use super::kernels::{self, Isa};
 use super::{SharedOut, pool};
 
 /// Elements per task of the element-wise passes: a prompt chunk's MLP
@@ -76,14 +78,82 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 }
 
 fn silu_mul_serial(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    #[cfg(target_arch = "x86_64")]
+    if kernels::active() == Isa::Avx2 {
+        // SAFETY: Avx2 is only active on CPUs that have it.
+        unsafe { silu_mul_avx2(gate, up) };
+        return;
     }
+    silu_mul_generic(gate, up);
+}
+
+/// The generic loop compiled with AVX2: its `floor` becomes `vroundps`
+/// (without SSE4.1 it is a libm call per element) and the loop 8-wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    silu_mul_generic(gate, up);
+}
+
+/// `silu(g) = g * sigmoid(g)`, the sigmoid from `e = exp(-|g|)` (`1 / (1 +
+/// e)` or `e / (1 + e)`): the exponential's argument is never positive, so
+/// [`exp_nonpositive`] serves and the loop vectorizes, where libm's `expf`
+/// ran once per element.
+#[inline(always)]
+fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        let e = exp_nonpositive(-g.abs());
+        let sigmoid = if *g >= 0.0 { 1.0 } else { e } / (1.0 + e);
+        *g = *g * sigmoid * u;
+    }
+}
+
+/// `exp(x)` for `x <= 0` (attention scores minus their running maximum;
+/// SiLU's `-|x|`), to within 2 ulp: Cephes' `expf` (range reduction by ln 2 in two parts, degree-5
+/// polynomial). Written out so that a loop over a block of scores
+/// vectorizes, where the libm call would run once per score.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_matches_libm_to_a_few_ulp() {
+        // Down to -87, where it clamps (exp(-87) is 1.6e-38: a weight of 0).
+        for i in 0..=17_400 {
+            let x = -(i as f32) * 0.005;
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!((got - want).abs() <= 4.0 * f32::EPSILON * want.max(f32::MIN_POSITIVE), "exp({x}): {got} vs {want}");
+        }
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
+        assert!(exp_nonpositive(-1e30) < 1e-37);
+    }
+
+    #[test]
+    fn silu_mul_matches_the_formula() {
+        let gate: Vec<f32> = (0..=400).map(|i| i as f32 / 10.0 - 20.0).chain([-100.0, 100.0, 0.0]).collect();
+        let up: Vec<f32> = (0..gate.len()).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut got = gate.clone();
+        silu_mul_serial(&mut got, &up);
+        for ((g, x), u) in got.iter().zip(&gate).zip(&up) {
+            let want = f64::from(*x) / (1.0 + (-f64::from(*x)).exp()) * f64::from(*u);
+            assert!((f64::from(*g) - want).abs() <= 1e-6 * want.abs().max(1e-3), "silu({x}) * {u}: {g} vs {want}");
+        }
+    }
 
     #[test]
     fn rotary_rotates_each_pair_by_its_angle() {

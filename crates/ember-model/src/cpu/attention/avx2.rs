@@ -34,7 +34,7 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// [`super::walk::exp_nonpositive`] on eight lanes, step for step the same
+/// [`crate::cpu::ops::exp_nonpositive`] on eight lanes, step for step the same
 /// operations (no fused multiply-adds), so both paths weigh alike.
 ///
 /// # Safety
@@ -95,7 +95,7 @@ pub(super) unsafe fn softmax_step(scores: &mut [f32], taken: usize, max: &mut f3
         let block_max = hmax(block_max);
         if block_max > *max {
             // Rescale what was accumulated under the smaller maximum.
-            let correction = super::walk::exp_nonpositive(*max - block_max);
+            let correction = crate::cpu::ops::exp_nonpositive(*max - block_max);
             *sum *= correction;
             acc.iter_mut().for_each(|a| *a *= correction);
             *max = block_max;

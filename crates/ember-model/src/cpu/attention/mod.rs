@@ -18,7 +18,8 @@ use super::kernels;
 use super::kv::KvLayer;
 use super::pool;
 use super::SharedOut;
-use walk::{SCRATCH, Walk, attend, exp_nonpositive};
+use super::ops::exp_nonpositive;
+use walk::{SCRATCH, Walk, attend};
 
 /// One sequence of the step.
 pub struct SequenceView<'a> {

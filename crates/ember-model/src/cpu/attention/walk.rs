@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::{Heads, SequenceView, Unit, Visible, state_len};
+use crate::cpu::ops::exp_nonpositive;
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use crate::cpu::kernels::Isa;
@@ -188,25 +189,6 @@ const KEY_LANES: usize = 16;
 
 /// Output elements accumulated in registers at once (eight AVX vectors).
 const TILE: usize = 64;
-
-/// `exp(x)` for `x <= 0` (scores minus their running maximum), to within
-/// 2 ulp: Cephes' `expf` (range reduction by ln 2 in two parts, degree-5
-/// polynomial). Written out so that a loop over a block of scores
-/// vectorizes, where the libm call would run once per score.
-#[inline(always)]
-pub(super) fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
-}
 
 /// Scores of `Q` queries (`[Q, d]` at `queries`) against `KEY_LANES` keys
 /// of the transposed block (`keys[j * lanes + column..]`): `Q * 2` vector

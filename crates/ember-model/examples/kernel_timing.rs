@@ -1,5 +1,8 @@
-//! Times two kernels of the CPU fast path apart from the rest of the model,
-//! in SmolLM2-135M's shapes, on the calling thread plus the pool:
+//! Times kernels of the CPU fast path apart from the rest of the model, in
+//! SmolLM2-135M's shapes, on the calling thread plus the pool:
+//! - decode's matrix-vector products: one token through 30 layers' worth of
+//!   Q4_1 rows (4608 of 576 and 576 of 1536 per layer, 80 MB: more than
+//!   the caches hold), in GB/s of weights read;
 //! - the prefill panel kernel alone, on one thread: 512 tokens times a
 //!   panel of 108 dequantized rows of 576 (GFLOP/s);
 //! - one layer's paged attention (9 heads, 3 KV heads, head_dim 64, blocks
@@ -9,7 +12,7 @@
 //! Each figure is the best of thirty runs: on a shared machine the
 //! fastest run is the one least disturbed.
 //!
-//! `cargo run --release -p ember-model --example kernel_timing [panel|attention]`
+//! `cargo run --release -p ember-model --example kernel_timing [matvec|panel|attention]`
 
 use std::time::Instant;
 
@@ -54,6 +57,31 @@ fn panel_kernel() {
     println!("panel kernel, {m} tokens x {rows} rows x {k}: {:.1} GFLOP/s on one thread", flops / seconds / 1e9);
 }
 
+fn matvec() {
+    use ember_model::cpu::matmul::{Projection, matmul};
+    use ember_model::cpu::quant::{QuantMatrix, QuantType, WeightBytes};
+    // Q4_1 blocks (f16 d = 0.01, f16 m = -0.08, 16 bytes of nibbles).
+    let matrix = |rows: usize, cols: usize| {
+        let mut bytes = Vec::with_capacity(rows * cols / 32 * 20);
+        for b in 0..rows * cols / 32 {
+            bytes.extend_from_slice(&[0x1F, 0x21, 0x1F, 0xAD]);
+            bytes.extend((0..16).map(|i| ((b * 31 + i * 7) % 256) as u8));
+        }
+        QuantMatrix::new(QuantType::Q4_1, rows, cols, WeightBytes::Owned(bytes.into())).expect("shape")
+    };
+    let layers: Vec<(QuantMatrix, QuantMatrix)> = (0..30).map(|_| (matrix(4608, 576), matrix(576, 1536))).collect();
+    let bytes: usize = layers.iter().map(|(a, b)| a.data().len() + b.data().len()).sum();
+    let (x576, x1536) = (vec![0.5f32; 576], vec![0.25f32; 1536]);
+    let (mut y4608, mut y576) = (vec![0.0f32; 4608], vec![0.0f32; 576]);
+    let seconds = best_of(30, 1, || {
+        for (up, down) in &layers {
+            matmul(&x576, 1, &mut [Projection { weight: up, out: &mut y4608 }]);
+            matmul(&x1536, 1, &mut [Projection { weight: down, out: &mut y576 }]);
+        }
+    });
+    println!("matvec, 1 token x {} MB of Q4_1: {:.2} GB/s", bytes / 1_000_000, bytes as f64 / seconds / 1e9);
+}
+
 fn attention() -> std::io::Result<()> {
     let shape = Heads { heads: 9, kv_heads: 3, head_dim: 64 };
     let block_size = 16;
@@ -80,6 +108,9 @@ fn main() -> std::io::Result<()> {
     // `kernel_timing panel` or `kernel_timing attention` times just one.
     let only = std::env::args().nth(1);
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wants("matvec") {
+        matvec();
+    }
     #[cfg(target_arch = "x86_64")]
     if wants("panel") {
         panel_kernel();

@@ -28,10 +28,11 @@ use crate::cpu::quant::{QuantMatrix, QuantType};
 struct Chunk {
     /// Values 0..16 and 16..32 as i16.
     q: [__m256i; 2],
-    /// Multiplies the dot of `q` with the activations.
-    d: f32,
-    /// Added per element, so `m * sum(x)` per chunk; 0 for symmetric formats.
-    m: f32,
+    /// Lane 0: `d`, which multiplies the dot of `q` with the activations;
+    /// lane 1: `m`, added per element, so `m * sum(x)` per chunk (0 for
+    /// symmetric formats). Together, so that one multiply by the
+    /// activations' (step, sum) pair gives both factors.
+    dm: __m128,
 }
 
 /// A GGML block format as the driver reads it.
@@ -44,12 +45,22 @@ trait Format {
     unsafe fn chunk(b: *const u8, sub: usize) -> Chunk;
 }
 
+/// The f16 at `p` in lane 0, zeros above.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
+unsafe fn f16_one(p: *const u8) -> __m128 {
     // SAFETY: the caller points at two readable bytes.
     let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
     // SAFETY: F16C is enabled on every function that inlines this.
-    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+    unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))) }
+}
+
+/// The two f16 at `p` (a block's `d` and `m`) in lanes 0 and 1, in one
+/// conversion.
+#[inline(always)]
+unsafe fn f16_pair(p: *const u8) -> __m128 {
+    // SAFETY: the caller points at four readable bytes; F16C is enabled on
+    // every function that inlines this.
+    unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(read_u32(p) as i32)) }
 }
 
 /// Sixteen signed bytes each of `lo` (values 0..16) and `hi` (16..32) as i16.
@@ -129,8 +140,7 @@ impl Format for Q8_0 {
             let qs = b.add(2);
             Chunk {
                 q: widen_signed(_mm_loadu_si128(qs.cast()), _mm_loadu_si128(qs.add(16).cast())),
-                d: f16_at(b),
-                m: 0.0,
+                dm: f16_one(b),
             }
         }
     }
@@ -149,8 +159,7 @@ impl Format for Q4_0 {
             let eight = _mm256_set1_epi16(8);
             Chunk {
                 q: [_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight)],
-                d: f16_at(b),
-                m: 0.0,
+                dm: f16_one(b),
             }
         }
     }
@@ -167,8 +176,7 @@ impl Format for Q4_1 {
         unsafe {
             Chunk {
                 q: nibbles16(b.add(4)),
-                d: f16_at(b),
-                m: f16_at(b.add(2)),
+                dm: f16_pair(b),
             }
         }
     }
@@ -190,8 +198,7 @@ impl Format for Q5_0 {
             let hi = _mm_sub_epi8(_mm_or_si128(hi, fifth_bits(qh >> 16)), sixteen);
             Chunk {
                 q: widen_signed(lo, hi),
-                d: f16_at(b),
-                m: 0.0,
+                dm: f16_one(b),
             }
         }
     }
@@ -213,8 +220,7 @@ impl Format for Q5_1 {
             Chunk {
                 // Values 0..32: the same as signed bytes.
                 q: widen_signed(lo, hi),
-                d: f16_at(b),
-                m: f16_at(b.add(2)),
+                dm: f16_pair(b),
             }
         }
     }
@@ -233,9 +239,9 @@ fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
 
 /// Q4_K/Q5_K sub-block `sub`: its 4-bit values from the 32 bytes it shares
 /// with its neighbour (low nibbles for even `sub`, high for odd), and its
-/// scale and offset.
+/// scale and offset as [`Chunk::dm`].
 #[inline(always)]
-unsafe fn k4_sub(b: *const u8, qs: *const u8, sub: usize) -> (__m256i, f32, f32) {
+unsafe fn k4_sub(b: *const u8, qs: *const u8, sub: usize) -> (__m256i, __m128) {
     // SAFETY: `b` is a whole Q4_K/Q5_K block and `qs` its 128 nibble bytes.
     unsafe {
         let raw = _mm256_loadu_si256(qs.add((sub / 2) * 32).cast());
@@ -243,7 +249,7 @@ unsafe fn k4_sub(b: *const u8, qs: *const u8, sub: usize) -> (__m256i, f32, f32)
         let v = _mm256_and_si256(_mm256_srl_epi16(raw, shift), _mm256_set1_epi8(0x0F));
         let scales = &*b.add(4).cast::<[u8; 12]>();
         let (sc, mn) = scale_min_k4(sub, scales);
-        (v, f16_at(b) * f32::from(sc), -f16_at(b.add(2)) * f32::from(mn))
+        (v, _mm_mul_ps(f16_pair(b), _mm_setr_ps(f32::from(sc), -f32::from(mn), 0.0, 0.0)))
     }
 }
 
@@ -256,11 +262,10 @@ impl Format for Q4K {
     unsafe fn chunk(b: *const u8, sub: usize) -> Chunk {
         // SAFETY: `b` is a whole block.
         unsafe {
-            let (v, d, m) = k4_sub(b, b.add(16), sub);
+            let (v, dm) = k4_sub(b, b.add(16), sub);
             Chunk {
                 q: widen32(v, false),
-                d,
-                m,
+                dm,
             }
         }
     }
@@ -275,14 +280,13 @@ impl Format for Q5K {
     unsafe fn chunk(b: *const u8, sub: usize) -> Chunk {
         // SAFETY: `b` is a whole block.
         unsafe {
-            let (v, d, m) = k4_sub(b, b.add(48), sub);
+            let (v, dm) = k4_sub(b, b.add(48), sub);
             // The fifth bit of element l of sub-block `sub` is bit `sub` of qh[l].
             let qh = _mm256_loadu_si256(b.add(16).cast());
             let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(sub as i32)), _mm256_set1_epi8(1));
             Chunk {
                 q: widen32(_mm256_or_si256(v, _mm256_slli_epi16::<4>(high)), false),
-                d,
-                m,
+                dm,
             }
         }
     }
@@ -318,8 +322,7 @@ impl Format for Q6K {
             let s1 = _mm256_set1_epi16(i16::from(*scales.add(first + 1)));
             Chunk {
                 q: [_mm256_mullo_epi16(q0, s0), _mm256_mullo_epi16(q1, s1)],
-                d: f16_at(b.add(208)),
-                m: 0.0,
+                dm: f16_one(b.add(208)),
             }
         }
     }
@@ -354,10 +357,9 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
 struct Acts {
     /// `[m, cols]` i16.
     q: *const i16,
-    /// One per 32 values: the f32 value of a step of `q`.
-    scales: *const f32,
-    /// One per 32 values: the sum of the original f32 values.
-    sums: *const f32,
+    /// Two per 32 values: the f32 value of a step of `q`, and the sum of
+    /// the original f32 values.
+    steps_sums: *const f32,
 }
 
 /// Dots of one row with `T` consecutive tokens starting at `a`.
@@ -371,7 +373,8 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
         // Two accumulators per token (even and odd chunks), so consecutive
         // chunks do not wait on each other's FMA.
         let mut acc = [[_mm256_setzero_ps(); T]; 2];
-        let mut offsets = [[0.0f32; T]; 2];
+        // Lane 1 of each: the chunks' `m * sum(x)`.
+        let mut offsets = [[_mm_setzero_ps(); T]; 2];
         let mut pair = 0;
         while pair < chunks {
             for (k, acc) in acc.iter_mut().enumerate() {
@@ -389,17 +392,19 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
                 if PF > 0 && (ahead as usize) % 64 < stride {
                     _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
                 }
-                let Chunk { q, d, m } = F::chunk(block, sub);
+                let Chunk { q, dm } = F::chunk(block, sub);
                 for t in 0..T {
                     let xq = a.q.add(t * cols + c * 32);
                     let p = _mm256_add_epi32(
                         _mm256_madd_epi16(q[0], _mm256_loadu_si256(xq.cast())),
                         _mm256_madd_epi16(q[1], _mm256_loadu_si256(xq.add(16).cast())),
                     );
-                    let i = t * chunks + c;
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * *a.scales.add(i)), acc[t]);
+                    // (d * step, m * sum) in one multiply.
+                    let step_sum = _mm_castpd_ps(_mm_load_sd(a.steps_sums.add(2 * (t * chunks + c)).cast()));
+                    let factors = _mm_mul_ps(dm, step_sum);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcastss_ps(factors), acc[t]);
                     if F::OFFSET {
-                        offsets[k][t] += m * *a.sums.add(i);
+                        offsets[k][t] = _mm_add_ps(offsets[k][t], factors);
                     }
                 }
             }
@@ -407,7 +412,8 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + (offsets[0][t] + offsets[1][t]);
+            let offset = _mm_add_ps(offsets[0][t], offsets[1][t]);
+            out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + _mm_cvtss_f32(_mm_movehdup_ps(offset));
         }
         out
     }
@@ -427,8 +433,7 @@ unsafe fn drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, a: Acts, m: usiz
             while t < m {
                 let a = Acts {
                     q: a.q.add(t * cols),
-                    scales: a.scales.add(t * chunks),
-                    sums: a.sums.add(t * chunks),
+                    steps_sums: a.steps_sums.add(2 * t * chunks),
                 };
                 let store = |v: &[f32]| v.iter().enumerate().for_each(|(i, v)| *out.add((t + i) * ldo + r) = *v);
                 match m - t {
@@ -454,8 +459,8 @@ unsafe fn dequantize_drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, out: 
             let row = data.add(r * w.row_bytes());
             for b in 0..cols / F::BLOCK {
                 for sub in 0..F::BLOCK / 32 {
-                    let Chunk { q, d, m } = F::chunk(row.add(b * F::BYTES), sub);
-                    let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+                    let Chunk { q, dm } = F::chunk(row.add(b * F::BYTES), sub);
+                    let (d, m) = (_mm256_broadcastss_ps(dm), _mm256_broadcastss_ps(_mm_movehdup_ps(dm)));
                     let at = dst.as_mut_ptr().add((b * (F::BLOCK / 32) + sub) * 32);
                     for (j, q) in q.iter().enumerate() {
                         let lo = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(*q)));
@@ -470,21 +475,26 @@ unsafe fn dequantize_drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, out: 
 }
 
 /// `x` (`cols % 32 == 0` values per token) as i16 with one scale per 32
-/// values: `q = round(x / s)`, `s = max |x| / 32767`. A chunk too small for
-/// its reciprocal to be finite (all below ~1e-34) becomes zeros.
+/// values: `q = round(x / s)`, `s = max |x| / 32767`, stored as `(s,
+/// sum(x))` pairs in `steps_sums`. A chunk too small for its reciprocal to
+/// be finite (all below ~1e-34) becomes zeros.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `q` holds `x.len()` and `scales`
-/// `x.len() / 32` elements.
+/// The CPU must have AVX2 and FMA; `q` holds `x.len()` and `steps_sums`
+/// `x.len() / 16` elements.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn quantize_activations(x: &[f32], q: &mut [i16], scales: &mut [f32]) {
-    assert!(x.len() % 32 == 0 && q.len() == x.len() && scales.len() == x.len() / 32, "quantize_activations: shape");
+pub unsafe fn quantize_activations(x: &[f32], q: &mut [i16], steps_sums: &mut [f32]) {
+    assert!(
+        x.len().is_multiple_of(32) && q.len() == x.len() && steps_sums.len() == x.len() / 16,
+        "quantize_activations: shape"
+    );
     // SAFETY: every chunk reads 32 values of `x` and writes 32 of `q`.
     unsafe {
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-        for (c, scale) in scales.iter_mut().enumerate() {
+        for (c, step_sum) in steps_sums.chunks_exact_mut(2).enumerate() {
             let p = x.as_ptr().add(c * 32);
             let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+            step_sum[1] = hsum(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
             let mx = _mm256_max_ps(
                 _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
                 _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
@@ -494,7 +504,7 @@ pub unsafe fn quantize_activations(x: &[f32], q: &mut [i16], scales: &mut [f32])
             let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)));
             let inverse = 32767.0 / amax;
             let (s, inverse) = if amax > 0.0 && inverse.is_finite() { (amax / 32767.0, inverse) } else { (0.0, 0.0) };
-            *scale = s;
+            step_sum[0] = s;
             let iv = _mm256_set1_ps(inverse);
             let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, iv)));
             // packs interleaves 128-bit lanes; the permute puts them back in order.
@@ -528,7 +538,7 @@ pub unsafe fn dequantize_rows(w: &QuantMatrix, rows: Range<usize>, out: &mut [f3
     }
 }
 
-/// See [`super::dot_rows`]; `q`, `scales` and `sums` as in
+/// See [`super::dot_rows`]; `q` and `steps_sums` as in
 /// [`super::Activations`].
 ///
 /// # Safety
@@ -537,16 +547,14 @@ pub unsafe fn dot_rows(
     w: &QuantMatrix,
     rows: Range<usize>,
     q: &[i16],
-    scales: &[f32],
-    sums: &[f32],
+    steps_sums: &[f32],
     m: usize,
     out: *mut f32,
     ldo: usize,
 ) {
     let a = Acts {
         q: q.as_ptr(),
-        scales: scales.as_ptr(),
-        sums: sums.as_ptr(),
+        steps_sums: steps_sums.as_ptr(),
     };
     // SAFETY: forwarded from the caller.
     unsafe {

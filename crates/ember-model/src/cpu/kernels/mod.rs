@@ -82,13 +82,11 @@ pub struct Activations<'a> {
     isa: Isa,
     x: &'a [f32],
     m: usize,
-    /// Sums of every 32 values: formats with an offset (`w = d * q + m`)
-    /// add `m * sum(x)` once per block instead of per element.
-    sums: Vec<f32>,
-    /// SIMD only: `x` as i16, with `scales` (one per 32 values) the f32
-    /// value of one step.
+    /// SIMD only: `x` as i16, and per 32 values the f32 value of one step
+    /// and the sum of the values (formats with an offset, `w = d * q + m`,
+    /// add `m * sum(x)` once per block instead of per element).
     q: Vec<i16>,
-    scales: Vec<f32>,
+    steps_sums: Vec<f32>,
 }
 
 impl<'a> Activations<'a> {
@@ -96,16 +94,15 @@ impl<'a> Activations<'a> {
     /// format's row length is).
     pub fn new(isa: Isa, x: &'a [f32], m: usize) -> Self {
         assert!(x.len() % 32 == 0 && (m == 0 || x.len() % m == 0), "Activations: shape");
-        let sums = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
-        let (mut q, mut scales) = (Vec::new(), Vec::new());
+        let (mut q, mut steps_sums) = (Vec::new(), Vec::new());
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx2 {
             q = vec![0; x.len()];
-            scales = vec![0.0; x.len() / 32];
+            steps_sums = vec![0.0; x.len() / 16];
             // SAFETY: Avx2 is only chosen when the CPU has it; shapes as asked.
-            unsafe { avx2::quantize_activations(x, &mut q, &mut scales) };
+            unsafe { avx2::quantize_activations(x, &mut q, &mut steps_sums) };
         }
-        Self { isa, x, m, sums, q, scales }
+        Self { isa, x, m, q, steps_sums }
     }
 }
 
@@ -119,9 +116,9 @@ pub unsafe fn dot_rows(w: &QuantMatrix, rows: Range<usize>, a: &Activations<'_>,
     match a.isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `active`/`force` only choose Avx2 when the CPU has it, and
-        // `Activations::new` then filled `q` and `scales`; the caller
+        // `Activations::new` then filled `q` and `steps_sums`; the caller
         // guarantees `out`.
-        Isa::Avx2 => unsafe { avx2::dot_rows(w, rows, &a.q, &a.scales, &a.sums, a.m, out, ldo) },
+        Isa::Avx2 => unsafe { avx2::dot_rows(w, rows, &a.q, &a.steps_sums, a.m, out, ldo) },
         // SAFETY: as above for `out`.
         _ => unsafe { scalar::dot_rows(w, rows, a.x, a.m, out, ldo) },
     }

@@ -340,6 +340,9 @@ impl Format for Q6K {
 /// per line into L2, 3 KiB 82, 4 KiB 87, 8 KiB 88. 0 turns it off.
 const PF: usize = 4096;
 
+/// Rows a decode step's pass reads together.
+const ROWS_PER_PASS: usize = 2;
+
 /// The sum of the eight lanes of `v` (also the attention's dot products).
 #[inline(always)]
 pub(crate) unsafe fn hsum(v: __m256) -> f32 {
@@ -419,11 +422,65 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
     }
 }
 
+/// Dots of `R` rows with one token (a decode step): the rows' chunks are
+/// interleaved, so `R` independent streams of loads are in flight and each
+/// chunk of activations is loaded once for all of them.
+#[inline(always)]
+unsafe fn rows_one_token<F: Format, const R: usize>(rows: [*const u8; R], cols: usize, a: Acts) -> [f32; R] {
+    let chunks = cols / 32;
+    let per_block = F::BLOCK / 32;
+    let stride = F::BYTES / per_block;
+    // SAFETY: the driver passes whole rows and one token of `cols`
+    // activations and `cols / 16` steps and sums.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        // Lane 1 of each: the chunks' `m * sum(x)`.
+        let mut offsets = [_mm_setzero_ps(); R];
+        for c in 0..chunks {
+            let (b, sub) = (c / per_block, c % per_block);
+            let xq = a.q.add(c * 32);
+            let (x0, x1) = (_mm256_loadu_si256(xq.cast()), _mm256_loadu_si256(xq.add(16).cast()));
+            let step_sum = _mm_castpd_ps(_mm_load_sd(a.steps_sums.add(2 * c).cast()));
+            for r in 0..R {
+                let block = rows[r].add(b * F::BYTES);
+                // One prefetch per cache line, as in `row_tokens`.
+                let ahead = block.add(sub * stride + PF);
+                if PF > 0 && (ahead as usize) % 64 < stride {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+                }
+                let Chunk { q, dm } = F::chunk(block, sub);
+                let p = _mm256_add_epi32(_mm256_madd_epi16(q[0], x0), _mm256_madd_epi16(q[1], x1));
+                let factors = _mm_mul_ps(dm, step_sum);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcastss_ps(factors), acc[r]);
+                if F::OFFSET {
+                    offsets[r] = _mm_add_ps(offsets[r], factors);
+                }
+            }
+        }
+        std::array::from_fn(|r| hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r])))
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<F: Format>(w: &QuantMatrix, rows: Range<usize>, a: Acts, m: usize, out: *mut f32, ldo: usize) {
     let cols = w.cols();
     let chunks = cols / 32;
     let data = w.data().as_ptr();
+    let mut rows = rows;
+    if m == 1 {
+        // SAFETY: as below, for rows `r` and `r + 1`.
+        unsafe {
+            while rows.len() >= ROWS_PER_PASS {
+                let r = rows.start;
+                let row = |i: usize| data.add((r + i) * w.row_bytes());
+                let dots = rows_one_token::<F, ROWS_PER_PASS>(std::array::from_fn(row), cols, a);
+                for (i, v) in dots.iter().enumerate() {
+                    *out.add(r + i) = *v;
+                }
+                rows.start += ROWS_PER_PASS;
+            }
+        }
+    }
     for r in rows {
         // SAFETY: `r < w.rows()`, so the row is inside `data`; tokens and
         // output indices are within what the caller vouched for.

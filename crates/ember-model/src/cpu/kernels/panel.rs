@@ -71,10 +71,12 @@ pub unsafe fn pack_tile(x: &[f32], m: usize, k: usize, tile: usize, packed: *mut
     let first = tile * TILE_TOKENS;
     // SAFETY: the tile starts inside the buffer (the caller's contract).
     let dst = unsafe { packed.add(first * k) };
-    for lane in 0..TILE_TOKENS {
-        let token = first + lane;
-        for i in 0..k {
-            let v = if token < m { x[token * k + i] } else { 0.0 };
+    // Column by column, so the writes run along the tile; the sixteen
+    // tokens are sixteen read streams.
+    let present = TILE_TOKENS.min(m - first);
+    for i in 0..k {
+        for lane in 0..TILE_TOKENS {
+            let v = if lane < present { x[(first + lane) * k + i] } else { 0.0 };
             // SAFETY: `i * 16 + lane` is inside the tile (the caller's contract).
             unsafe { *dst.add(i * TILE_TOKENS + lane) = v };
         }
@@ -89,13 +91,14 @@ pub unsafe fn pack_tile(x: &[f32], m: usize, k: usize, tile: usize, packed: *mut
 pub fn pack_rows(rowmajor: &[f32], rows: usize, k: usize, packed: &mut Vec<f32>) {
     assert!(rowmajor.len() >= rows * k, "pack_rows: shape");
     let groups = rows.div_ceil(TILE_ROWS);
-    packed.clear();
+    // Every element is written below: only growth needs a fill.
     packed.resize(groups * TILE_ROWS * k, 0.0);
-    for (g, group) in packed.chunks_exact_mut(TILE_ROWS * k).enumerate() {
-        for r in 0..TILE_ROWS.min(rows - g * TILE_ROWS) {
-            let row = &rowmajor[(g * TILE_ROWS + r) * k..][..k];
-            for (i, v) in row.iter().enumerate() {
-                group[i * TILE_ROWS + r] = *v;
+    for (g, group) in packed[..groups * TILE_ROWS * k].chunks_exact_mut(TILE_ROWS * k).enumerate() {
+        let present = TILE_ROWS.min(rows - g * TILE_ROWS);
+        let source = &rowmajor[g * TILE_ROWS * k..];
+        for (i, column) in group.chunks_exact_mut(TILE_ROWS).enumerate() {
+            for (r, v) in column.iter_mut().enumerate() {
+                *v = if r < present { source[r * k + i] } else { 0.0 };
             }
         }
     }
@@ -122,8 +125,9 @@ pub unsafe fn multiply_panel(
         "multiply_panel: shape"
     );
     // The tile's sums, `[groups * 6, 16]`, carried from one pass of DEPTH
-    // columns to the next.
-    let mut sums = vec![0.0f32; groups * TILE_ROWS * TILE_TOKENS];
+    // columns to the next (the first pass overwrites them).
+    let mut sums = SUMS.take();
+    sums.resize(groups * TILE_ROWS * TILE_TOKENS, 0.0);
     for tile in 0..tokens.tiles() {
         let first = tile * TILE_TOKENS;
         for depth in (0..k).step_by(DEPTH) {
@@ -150,6 +154,12 @@ pub unsafe fn multiply_panel(
             }
         }
     }
+    SUMS.set(sums);
+}
+
+thread_local! {
+    /// Each thread's sums buffer, kept across panels.
+    static SUMS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// One pass of `len` columns of a token tile.

@@ -148,7 +148,7 @@ fn split(outs: &[(SharedOut, &QuantMatrix)], rows_per_task: impl Fn(&QuantMatrix
 }
 
 thread_local! {
-    /// Each thread's panel buffer, reused across calls.
+    /// Each thread's dequantized panel (row-major), reused across calls.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each thread's panel packed for the AVX2 microkernel.
     static PACKED_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };

@@ -109,9 +109,9 @@ fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
 }
 
 /// `exp(x)` for `x <= 0` (attention scores minus their running maximum;
-/// SiLU's `-|x|`), to within 2 ulp: Cephes' `expf` (range reduction by ln 2 in two parts, degree-5
-/// polynomial). Written out so that a loop over a block of scores
-/// vectorizes, where the libm call would run once per score.
+/// SiLU's `-|x|`), to within 2 ulp: Cephes' `expf` (range reduction by ln 2
+/// in two parts, degree-5 polynomial). Written out so that loops over it
+/// vectorize, where the libm call would run once per element.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);

@@ -3,11 +3,12 @@
 //!
 //! `gemm` packed each dequantized panel a second time, and the tokens again
 //! for every panel. Here the tokens are packed once per matmul, transposed
-//! in tiles of sixteen (`[k][16]`), and the panel is read as dequantized
-//! (row-major): each step of the microkernel broadcasts one weight of six
-//! rows and multiplies it into the two vectors of sixteen tokens, 12 FMAs
-//! for 8 loads with all twelve accumulators in registers, the shape of
-//! BLIS's 6x16 Haswell sgemm kernel (`bli_sgemm_haswell_asm_6x16`).
+//! in tiles of sixteen (`[k][16]`), and the panel's rows six at a time
+//! (`[k][6]`, [`pack_rows`]): each step of the microkernel broadcasts one
+//! weight of six rows and multiplies it into the two vectors of sixteen
+//! tokens, 12 FMAs for 8 loads with all twelve accumulators in registers,
+//! the shape of BLIS's 6x16 Haswell sgemm kernel
+//! (`bli_sgemm_haswell_asm_6x16`).
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;

@@ -10,6 +10,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use memmap2::MmapMut;
 
+use super::kernels;
+
 /// Element type of cached keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDtype {
@@ -166,7 +168,7 @@ impl KvLayer<'_> {
         let at = self.values + slot * self.kv.width + head * d;
         match self.kv.dtype {
             KvDtype::F32 => out.copy_from_slice(&self.kv.f32s()[at..at + d]),
-            KvDtype::F16 => self.kv.f16s()[at..at + d].convert_to_f32_slice(out),
+            KvDtype::F16 => kernels::f16_to_f32(&self.kv.f16s()[at..at + d], out),
         }
     }
 
@@ -177,7 +179,7 @@ impl KvLayer<'_> {
         match self.kv.dtype {
             KvDtype::F32 => &self.kv.f32s()[at..at + d],
             KvDtype::F16 => {
-                self.kv.f16s()[at..at + d].convert_to_f32_slice(scratch);
+                kernels::f16_to_f32(&self.kv.f16s()[at..at + d], scratch);
                 scratch
             }
         }

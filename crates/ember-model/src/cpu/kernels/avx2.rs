@@ -355,6 +355,27 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
+/// `dst[i] = src[i]` for f16 bits `src`, eight at a time with F16C: the
+/// f16 KV cache's rows, converted where attention reads them.
+///
+/// # Safety
+/// The CPU has AVX and F16C.
+#[target_feature(enable = "avx,f16c")]
+pub(crate) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    assert!(src.len() == dst.len(), "f16_to_f32: lengths");
+    let whole = src.len() - src.len() % 8;
+    // SAFETY: every load and store is eight elements below `whole`.
+    unsafe {
+        for i in (0..whole).step_by(8) {
+            let halves = _mm_loadu_si128(src.as_ptr().add(i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(halves));
+        }
+    }
+    for (d, s) in dst[whole..].iter_mut().zip(&src[whole..]) {
+        *d = half::f16::from_bits(*s).to_f32();
+    }
+}
+
 /// Activations as the driver reads them, from [`super::Activations`].
 #[derive(Clone, Copy)]
 struct Acts {

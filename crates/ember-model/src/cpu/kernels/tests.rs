@@ -191,3 +191,20 @@ fn activations_round_to_half_a_step_of_their_chunk() {
         assert!((got - want).abs() <= 1e-5 * want.abs().max(1e-30), "chunk {c}: sum {got} vs {want}");
     }
 }
+
+/// The F16C conversion gives `half`'s values, bit for bit, on every length
+/// (whole vectors of eight and a tail), including infinities and NaN.
+#[test]
+fn f16_rows_convert_exactly() {
+    use half::f16;
+    let bits: Vec<u16> = (0..=u16::MAX).step_by(7).chain([0x7C00, 0xFC00, 0x7E00, 0x0001, 0x8000]).collect();
+    for len in [0, 3, 8, 13, 64, bits.len()] {
+        let src: Vec<f16> = bits[..len].iter().map(|b| f16::from_bits(*b)).collect();
+        let mut got = vec![0.0f32; len];
+        super::f16_to_f32(&src, &mut got);
+        for (g, s) in got.iter().zip(&src) {
+            let want = s.to_f32();
+            assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "{:#06x}: {g} vs {want}", s.to_bits());
+        }
+    }
+}

@@ -92,14 +92,7 @@ pub(super) unsafe fn softmax_step(scores: &mut [f32], taken: usize, max: &mut f3
         for c in 0..chunks {
             block_max = _mm256_max_ps(block_max, _mm256_blendv_ps(low, _mm256_loadu_ps(at.add(8 * c)), mask(c)));
         }
-        let block_max = hmax(block_max);
-        if block_max > *max {
-            // Rescale what was accumulated under the smaller maximum.
-            let correction = crate::cpu::ops::exp_nonpositive(*max - block_max);
-            *sum *= correction;
-            acc.iter_mut().for_each(|a| *a *= correction);
-            *max = block_max;
-        }
+        super::walk::raise_max(hmax(block_max), max, sum, acc);
         let m = _mm256_set1_ps(*max);
         let mut total = _mm256_setzero_ps();
         for c in 0..scores.len() / 8 {

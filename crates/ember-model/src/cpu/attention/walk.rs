@@ -334,18 +334,24 @@ fn softmax_step(scores: &mut [f32], taken: usize, max: &mut f32, sum: &mut f32, 
     }
     let block_scores = &mut scores[..taken];
     let block_max = block_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if block_max > *max {
-        // Rescale what was accumulated under the smaller maximum.
-        let correction = exp_nonpositive(*max - block_max);
-        *sum *= correction;
-        acc.iter_mut().for_each(|a| *a *= correction);
-        *max = block_max;
-    }
+    raise_max(block_max, max, sum, acc);
     let m = *max;
     for s in block_scores.iter_mut() {
         *s = exp_nonpositive(*s - m);
     }
     *sum += block_scores.iter().sum::<f32>();
+}
+
+/// Makes `block_max` the query's running maximum if it is larger,
+/// rescaling the sum and weighted values accumulated under the old one.
+#[inline(always)]
+pub(super) fn raise_max(block_max: f32, max: &mut f32, sum: &mut f32, acc: &mut [f32]) {
+    if block_max > *max {
+        let correction = exp_nonpositive(*max - block_max);
+        *sum *= correction;
+        acc.iter_mut().for_each(|a| *a *= correction);
+        *max = block_max;
+    }
 }
 
 /// `acc[q] += sum_p weights[q][p] * values[p]` over each query's `taken`

@@ -386,6 +386,37 @@ struct Acts {
     steps_sums: *const f32,
 }
 
+/// Prefetches, `PF` bytes ahead into L2, the cache line that starts within
+/// chunk `sub` of `block`: chunks are less than a line apart, so exactly one
+/// chunk per line issues it.
+#[inline(always)]
+unsafe fn prefetch_ahead<F: Format>(block: *const u8, sub: usize) {
+    let stride = F::BYTES / (F::BLOCK / 32);
+    let ahead = block.wrapping_add(sub * stride + PF);
+    if PF > 0 && (ahead as usize) % 64 < stride {
+        // SAFETY: prefetching never faults, wherever it points.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.cast()) };
+    }
+}
+
+/// Adds one chunk's dot with the activations `x` (its two halves as i16)
+/// into `acc`, scaled by `d * step`, and `(d * step, m * sum)` into
+/// `offset` (lane 1 is what counts), from the chunk's `dm` and the
+/// activations' (step, sum) pair at `step_sum`.
+#[inline(always)]
+unsafe fn accumulate<F: Format>(q: [__m256i; 2], dm: __m128, x: [__m256i; 2], step_sum: *const f32, acc: &mut __m256, offset: &mut __m128) {
+    // SAFETY: register arithmetic and a load of the caller's pair; the
+    // caller enables AVX2 and FMA.
+    unsafe {
+        let p = _mm256_add_epi32(_mm256_madd_epi16(q[0], x[0]), _mm256_madd_epi16(q[1], x[1]));
+        let factors = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(step_sum.cast())));
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcastss_ps(factors), *acc);
+        if F::OFFSET {
+            *offset = _mm_add_ps(*offset, factors);
+        }
+    }
+}
+
 /// Dots of one row with `T` consecutive tokens starting at `a`.
 #[inline(always)]
 unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: Acts) -> [f32; T] {
@@ -408,28 +439,13 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
                 }
                 let (b, sub) = (c / per_block, c % per_block);
                 let block = row.add(b * F::BYTES);
-                // One prefetch per cache line: chunks are less than a line
-                // apart, so exactly one starts in the first `stride` bytes
-                // of each.
-                let stride = F::BYTES / per_block;
-                let ahead = block.add(sub * stride + PF);
-                if PF > 0 && (ahead as usize) % 64 < stride {
-                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
-                }
+                prefetch_ahead::<F>(block, sub);
                 let Chunk { q, dm } = F::chunk(block, sub);
                 for t in 0..T {
                     let xq = a.q.add(t * cols + c * 32);
-                    let p = _mm256_add_epi32(
-                        _mm256_madd_epi16(q[0], _mm256_loadu_si256(xq.cast())),
-                        _mm256_madd_epi16(q[1], _mm256_loadu_si256(xq.add(16).cast())),
-                    );
-                    // (d * step, m * sum) in one multiply.
-                    let step_sum = _mm_castpd_ps(_mm_load_sd(a.steps_sums.add(2 * (t * chunks + c)).cast()));
-                    let factors = _mm_mul_ps(dm, step_sum);
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcastss_ps(factors), acc[t]);
-                    if F::OFFSET {
-                        offsets[k][t] = _mm_add_ps(offsets[k][t], factors);
-                    }
+                    let x = [_mm256_loadu_si256(xq.cast()), _mm256_loadu_si256(xq.add(16).cast())];
+                    let step_sum = a.steps_sums.add(2 * (t * chunks + c));
+                    accumulate::<F>(q, dm, x, step_sum, &mut acc[t], &mut offsets[k][t]);
                 }
             }
             pair += 2;
@@ -450,7 +466,6 @@ unsafe fn row_tokens<F: Format, const T: usize>(row: *const u8, cols: usize, a: 
 unsafe fn rows_one_token<F: Format, const R: usize>(rows: [*const u8; R], cols: usize, a: Acts) -> [f32; R] {
     let chunks = cols / 32;
     let per_block = F::BLOCK / 32;
-    let stride = F::BYTES / per_block;
     // SAFETY: the driver passes whole rows and one token of `cols`
     // activations and `cols / 16` steps and sums.
     unsafe {
@@ -460,22 +475,12 @@ unsafe fn rows_one_token<F: Format, const R: usize>(rows: [*const u8; R], cols: 
         for c in 0..chunks {
             let (b, sub) = (c / per_block, c % per_block);
             let xq = a.q.add(c * 32);
-            let (x0, x1) = (_mm256_loadu_si256(xq.cast()), _mm256_loadu_si256(xq.add(16).cast()));
-            let step_sum = _mm_castpd_ps(_mm_load_sd(a.steps_sums.add(2 * c).cast()));
+            let x = [_mm256_loadu_si256(xq.cast()), _mm256_loadu_si256(xq.add(16).cast())];
             for r in 0..R {
                 let block = rows[r].add(b * F::BYTES);
-                // One prefetch per cache line, as in `row_tokens`.
-                let ahead = block.add(sub * stride + PF);
-                if PF > 0 && (ahead as usize) % 64 < stride {
-                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
-                }
+                prefetch_ahead::<F>(block, sub);
                 let Chunk { q, dm } = F::chunk(block, sub);
-                let p = _mm256_add_epi32(_mm256_madd_epi16(q[0], x0), _mm256_madd_epi16(q[1], x1));
-                let factors = _mm_mul_ps(dm, step_sum);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcastss_ps(factors), acc[r]);
-                if F::OFFSET {
-                    offsets[r] = _mm_add_ps(offsets[r], factors);
-                }
+                accumulate::<F>(q, dm, x, a.steps_sums.add(2 * c), &mut acc[r], &mut offsets[r]);
             }
         }
         std::array::from_fn(|r| hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r])))

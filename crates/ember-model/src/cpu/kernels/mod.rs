@@ -22,21 +22,6 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx2::hsum;
 
-/// f16 values to f32: with F16C in place of `half`'s slice conversion,
-/// which went through a call per eight values and made an f16 KV cache
-/// decode slower than an f32 one.
-pub(crate) fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if active() == Isa::Avx2 {
-        // SAFETY: Avx2 is only active on CPUs with AVX2, FMA and F16C;
-        // `f16` is a transparent `u16`.
-        unsafe { avx2::f16_to_f32(std::slice::from_raw_parts(src.as_ptr().cast(), src.len()), dst) };
-        return;
-    }
-    use half::slice::HalfFloatSliceExt;
-    src.convert_to_f32_slice(dst);
-}
-
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -89,6 +74,21 @@ pub fn force(isa: Isa) -> Isa {
     let chosen = if isa == Isa::Avx2 && detect() != Isa::Avx2 { detect() } else { isa };
     ISA.store(encode(chosen), Ordering::Relaxed);
     chosen
+}
+
+/// f16 values to f32: with F16C in place of `half`'s slice conversion,
+/// which went through a call per eight values and made an f16 KV cache
+/// decode slower than an f32 one.
+pub(crate) fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if active() == Isa::Avx2 {
+        // SAFETY: Avx2 is only active on CPUs with AVX2, FMA and F16C;
+        // `f16` is a transparent `u16`.
+        unsafe { avx2::f16_to_f32(std::slice::from_raw_parts(src.as_ptr().cast(), src.len()), dst) };
+        return;
+    }
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
 }
 
 /// The tokens of one matmul as the kernels read them, prepared once and

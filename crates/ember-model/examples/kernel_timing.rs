@@ -1,7 +1,7 @@
 //! Times kernels of the CPU fast path apart from the rest of the model, in
 //! SmolLM2-135M's shapes, on the calling thread plus the pool:
 //! - decode's matrix-vector products: one token through 30 layers' worth of
-//!   Q4_1 rows (4608 of 576 and 576 of 1536 per layer, 80 MB: more than
+//!   Q4_1 rows (4608 of 576 and 576 of 1536 per layer, 66 MB: more than
 //!   the caches hold), in GB/s of weights read;
 //! - the prefill panel kernel alone, on one thread: 512 tokens times a
 //!   panel of 108 dequantized rows of 576 (GFLOP/s);
@@ -105,7 +105,7 @@ fn attention() -> std::io::Result<()> {
 }
 
 fn main() -> std::io::Result<()> {
-    // `kernel_timing panel` or `kernel_timing attention` times just one.
+    // `kernel_timing matvec`, `panel` or `attention` times just that one.
     let only = std::env::args().nth(1);
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("matvec") {

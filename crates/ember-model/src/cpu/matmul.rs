@@ -1,7 +1,8 @@
 //! `y = x W^T` for quantized `W`, spread over the thread pool.
 //!
 //! Few tokens (decode): each task takes a run of output rows and streams
-//! their blocks once through the SIMD kernels, up to four tokens per pass.
+//! their blocks once through the SIMD kernels, up to four tokens per pass
+//! (two rows per pass for a single token).
 //! Many tokens (prefill): each task dequantizes a panel of rows small enough
 //! to stay in cache and multiplies every token into it, so the unpacking is
 //! paid once per panel instead of once per token: with AVX2 through the 6x16

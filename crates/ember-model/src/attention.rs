@@ -11,11 +11,12 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::config::ModelConfig;
 use crate::cpu::attention::{Causal, Heads, SequenceView, paged_attention};
 use crate::cpu::kv::HostKv;
-use crate::cpu::tensor::{HostF32, from_vec};
+use crate::cpu::tensor::{from_vec, into_host_vec};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvPool;
-use crate::linear::Linear;
+use crate::linear::{HostLinear, Linear};
 use crate::norm::RmsNorm;
+use crate::cpu::ops::{rms_norm, rotary_in_place};
 use crate::rope::apply_rotary;
 use crate::weights::Loader;
 
@@ -162,8 +163,8 @@ impl Attention {
         Ok(self.o_proj.forward(Tensor::cat(outputs, 0)))
     }
 
-    /// The CPU fast path from the new keys on: they go straight into their
-    /// host pool slots, and one paged-attention call covers the batch.
+    /// The CPU fast path from rotated q/k tensors on (projections that are
+    /// not quantized, so the layer loop stayed on Burn tensors).
     fn attend_host(
         &self,
         layer: usize,
@@ -174,20 +175,38 @@ impl Attention {
         layout: &StepLayout<'_>,
     ) -> Tensor<2> {
         let [tokens, h, d] = q.dims();
-        let width = self.num_kv_heads * d;
-        let (k, v) = (host_values(k.reshape([tokens, width])), host_values(v));
-        for (row, &slot) in layout.write_slots.iter().enumerate() {
-            pool.write(layer, slot, &k[row * width..(row + 1) * width], &v[row * width..(row + 1) * width]);
-        }
-        let q = host_values(q.reshape([tokens, h * d]));
-        let mut out = vec![0.0f32; tokens * h * d];
-        let shape = Heads {
-            heads: h,
-            kv_heads: self.num_kv_heads,
-            head_dim: d,
-        };
-        paged_attention(&q, &pool.layer(layer), &layout.sequences, &Causal, shape, &mut out);
+        let (k, v) = (into_host_vec(k.reshape([tokens, self.num_kv_heads * d])), into_host_vec(v));
+        let q = into_host_vec(q.reshape([tokens, h * d]));
+        let mut out = Vec::new();
+        attend_rows(layer, &q, &k, &v, self.heads(), pool, layout, &mut out);
         self.o_proj.forward(from_vec(out, [tokens, h * d]))
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// The layer as host data, when every projection is quantized.
+    pub(crate) fn host(&self) -> Option<AttentionHost<'_>> {
+        fn norm(n: &Option<RmsNorm>) -> Option<Option<(&[f32], f64)>> {
+            match n {
+                Some(n) => n.host().map(Some),
+                None => Some(None),
+            }
+        }
+        Some(AttentionHost {
+            q: self.q_proj.host()?,
+            k: self.k_proj.host()?,
+            v: self.v_proj.host()?,
+            o: self.o_proj.host()?,
+            q_norm: norm(&self.q_norm)?,
+            k_norm: norm(&self.k_norm)?,
+            heads: self.heads(),
+        })
     }
 
     /// `[kv_heads, len, d]` -> `[heads, len, d]`, each kv head serving its
@@ -205,13 +224,78 @@ impl Attention {
     }
 }
 
-/// A tensor's values on the host (the fast path's tensors already are).
-fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    match HostF32::new(&t) {
-        Some(host) => {
-            drop(t);
-            host.into_vec()
+/// Attention's weights on the host, for the fast path's layer loop.
+pub(crate) struct AttentionHost<'a> {
+    q: HostLinear<'a>,
+    k: HostLinear<'a>,
+    v: HostLinear<'a>,
+    o: HostLinear<'a>,
+    q_norm: Option<(&'a [f32], f64)>,
+    k_norm: Option<(&'a [f32], f64)>,
+    heads: Heads,
+}
+
+/// Attention's intermediate rows, reused from layer to layer.
+#[derive(Default)]
+pub(crate) struct AttentionBuffers {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    normed: Vec<f32>,
+    attended: Vec<f32>,
+}
+
+impl AttentionHost<'_> {
+    /// [`Attention::forward`] on host rows: `x` is `[tokens, hidden]`,
+    /// `cos`/`sin` `[tokens, head_dim]`; the output goes to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        layer: usize,
+        x: &[f32],
+        (cos, sin): (&[f32], &[f32]),
+        pool: &mut HostKv,
+        layout: &StepLayout<'_>,
+        buffers: &mut AttentionBuffers,
+        out: &mut Vec<f32>,
+    ) {
+        let tokens = layout.write_slots.len();
+        let Heads { heads, kv_heads, head_dim } = self.heads;
+        let AttentionBuffers { q, k, v, normed, attended } = buffers;
+        Linear::project_host(&[self.q, self.k, self.v], x, tokens, &mut [&mut *q, &mut *k, &mut *v]);
+        for (rows, norm) in [(&mut *q, self.q_norm), (&mut *k, self.k_norm)] {
+            if let Some((weight, eps)) = norm {
+                normed.resize(rows.len(), 0.0);
+                rms_norm(rows, weight, eps, normed);
+                std::mem::swap(rows, normed);
+            }
         }
-        None => t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default(),
+        rotary_in_place(q, heads, head_dim, cos, sin);
+        rotary_in_place(k, kv_heads, head_dim, cos, sin);
+        attend_rows(layer, q, k, v, self.heads, pool, layout, attended);
+        Linear::project_host(&[self.o], attended, tokens, &mut [out]);
     }
+}
+
+/// Writes the new keys and values (`[tokens, kv_heads * head_dim]`) into
+/// their pool slots, then attends every query row over its sequence's
+/// history in one paged-attention call; `out` becomes `[tokens, heads *
+/// head_dim]`.
+#[allow(clippy::too_many_arguments)]
+fn attend_rows(
+    layer: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Heads,
+    pool: &mut HostKv,
+    layout: &StepLayout<'_>,
+    out: &mut Vec<f32>,
+) {
+    let width = shape.kv_heads * shape.head_dim;
+    for (row, &slot) in layout.write_slots.iter().enumerate() {
+        pool.write(layer, slot, &k[row * width..(row + 1) * width], &v[row * width..(row + 1) * width]);
+    }
+    out.resize(q.len(), 0.0);
+    paged_attention(q, &pool.layer(layer), &layout.sequences, &Causal, shape, out);
 }

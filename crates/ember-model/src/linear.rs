@@ -19,6 +19,15 @@ use crate::weights::Loader;
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor<1>>,
+    /// The bias on the host, beside a quantized weight (the CPU fast path).
+    host_bias: Option<Vec<f32>>,
+}
+
+/// A quantized projection as the fast path's host loop applies it.
+#[derive(Clone, Copy)]
+pub(crate) struct HostLinear<'a> {
+    weight: &'a QuantMatrix,
+    bias: Option<&'a [f32]>,
 }
 
 pub enum LinearWeight {
@@ -51,14 +60,29 @@ impl Linear {
         Self {
             weight: LinearWeight::Dense(weight),
             bias,
+            host_bias: None,
         }
     }
 
     /// Wraps a quantized `[out, in]` weight (a projection, or a tied embedding).
     pub fn quantized(weight: Arc<QuantMatrix>, bias: Option<Tensor<1>>) -> Self {
+        let host_bias = bias.as_ref().and_then(|b| b.to_data().try_to_vec::<f32>().ok());
         Self {
             weight: LinearWeight::Quantized(weight),
             bias,
+            host_bias,
+        }
+    }
+
+    /// The projection as host data, when its weight is quantized.
+    pub(crate) fn host(&self) -> Option<HostLinear<'_>> {
+        match (&self.weight, &self.bias, &self.host_bias) {
+            (LinearWeight::Quantized(weight), None, _) => Some(HostLinear { weight, bias: None }),
+            (LinearWeight::Quantized(weight), Some(_), Some(bias)) => Some(HostLinear {
+                weight,
+                bias: Some(bias),
+            }),
+            _ => None,
         }
     }
 
@@ -97,6 +121,32 @@ impl Linear {
             .zip(outs)
             .map(|((layer, w), out)| layer.add_bias(from_vec(out, [tokens, w.rows()])))
             .collect()
+    }
+
+    /// Several projections of `x` (`[tokens, cols]`) on the host, each into
+    /// its buffer (resized to `[tokens, rows]`), in one parallel region.
+    pub(crate) fn project_host(layers: &[HostLinear<'_>], x: &[f32], tokens: usize, outs: &mut [&mut Vec<f32>]) {
+        for (layer, out) in layers.iter().zip(outs.iter_mut()) {
+            // Every element is written by the kernels: no zeroing needed
+            // beyond what growing the buffer does.
+            out.resize(tokens * layer.weight.rows(), 0.0);
+        }
+        let mut projections: Vec<Projection<'_>> = layers
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(layer, out)| Projection {
+                weight: layer.weight,
+                out: out.as_mut_slice(),
+            })
+            .collect();
+        matmul(x, tokens, &mut projections);
+        for (layer, out) in layers.iter().zip(outs.iter_mut()) {
+            if let Some(bias) = layer.bias {
+                for row in out.chunks_exact_mut(bias.len()) {
+                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                }
+            }
+        }
     }
 
     /// One projection through Burn: dense weights on any device, or a

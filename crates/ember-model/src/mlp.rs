@@ -7,7 +7,7 @@ use crate::config::ModelConfig;
 use crate::cpu::ops::silu_mul;
 use crate::cpu::tensor::{HostF32, from_vec};
 use crate::error::Result;
-use crate::linear::Linear;
+use crate::linear::{HostLinear, Linear};
 use crate::weights::Loader;
 
 pub struct Mlp {
@@ -23,6 +23,15 @@ impl Mlp {
             gate_proj: Linear::load(loader, &format!("{prefix}.gate_proj"), h, i, bias)?,
             up_proj: Linear::load(loader, &format!("{prefix}.up_proj"), h, i, bias)?,
             down_proj: Linear::load(loader, &format!("{prefix}.down_proj"), i, h, bias)?,
+        })
+    }
+
+    /// The layer as host data, when every projection is quantized.
+    pub(crate) fn host(&self) -> Option<MlpHost<'_>> {
+        Some(MlpHost {
+            gate: self.gate_proj.host()?,
+            up: self.up_proj.host()?,
+            down: self.down_proj.host()?,
         })
     }
 
@@ -42,5 +51,29 @@ impl Mlp {
             _ => silu(gate) * up,
         };
         self.down_proj.forward(hidden)
+    }
+}
+
+/// The MLP's weights on the host, for the fast path's layer loop.
+pub(crate) struct MlpHost<'a> {
+    gate: HostLinear<'a>,
+    up: HostLinear<'a>,
+    down: HostLinear<'a>,
+}
+
+/// The MLP's intermediate rows, reused from layer to layer.
+#[derive(Default)]
+pub(crate) struct MlpBuffers {
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl MlpHost<'_> {
+    /// [`Mlp::forward`] on host rows: `x` is `[tokens, hidden]`; the output goes to `out`.
+    pub(crate) fn forward(&self, x: &[f32], tokens: usize, buffers: &mut MlpBuffers, out: &mut Vec<f32>) {
+        let MlpBuffers { gate, up } = buffers;
+        Linear::project_host(&[self.gate, self.up], x, tokens, &mut [&mut *gate, &mut *up]);
+        silu_mul(gate, up);
+        Linear::project_host(&[self.down], gate, tokens, &mut [out]);
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::attention::{Attention, SlotTensors, StepLayout};
+use crate::attention::{Attention, AttentionBuffers, AttentionHost, SlotTensors, StepLayout};
 use crate::cpu::attention::SequenceView;
 use crate::config::ModelConfig;
 use crate::cpu::QuantType;
@@ -16,7 +16,10 @@ use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvPool};
 use crate::linear::Linear;
-use crate::mlp::Mlp;
+use crate::cpu::kv::HostKv;
+use crate::cpu::ops::add_rms_norm;
+use crate::cpu::tensor::{from_vec, into_host_vec};
+use crate::mlp::{Mlp, MlpBuffers, MlpHost};
 use crate::norm::RmsNorm;
 use crate::rope::RotaryEmbedding;
 use crate::safetensors_source::SafetensorsSource;
@@ -44,6 +47,24 @@ impl DecoderLayer {
             mlp: Mlp::load(loader, &format!("{prefix}.mlp"), c)?,
         })
     }
+
+    /// The layer as host data, when the fast path holds all of it.
+    fn host(&self) -> Option<LayerHost<'_>> {
+        Some(LayerHost {
+            input_norm: self.input_layernorm.host()?,
+            attention: self.self_attn.host()?,
+            post_norm: self.post_attention_layernorm.host()?,
+            mlp: self.mlp.host()?,
+        })
+    }
+}
+
+/// A decoder layer's weights on the host (norm weights with their epsilon).
+struct LayerHost<'a> {
+    input_norm: (&'a [f32], f64),
+    attention: AttentionHost<'a>,
+    post_norm: (&'a [f32], f64),
+    mlp: MlpHost<'a>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -311,22 +332,31 @@ impl CausalLm {
         let mut hidden = self.embed_tokens.lookup(&ids, &self.device);
         let (cos, sin) = self.rotary.cos_sin(&positions);
 
-        // 3. Pre-norm decoder layers with residuals.
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn = layer.self_attn.forward(
-                i,
-                layer.input_layernorm.forward(hidden.clone()),
-                &cos,
-                &sin,
-                pool,
-                &layout,
-            )?;
-            hidden = hidden + attn;
-            let mlp = layer.mlp.forward(layer.post_attention_layernorm.forward(hidden.clone()));
-            hidden = hidden + mlp;
-        }
+        // 3. Pre-norm decoder layers with residuals, then the final norm.
+        let host = self.host_layers().zip(pool.host_mut());
+        let hidden = match host {
+            Some(((layers, final_norm), pool)) => {
+                Self::layers_on_host(&layers, final_norm, hidden, (&cos, &sin), pool, &layout)
+            }
+            None => {
+                for (i, layer) in self.layers.iter().enumerate() {
+                    let attn = layer.self_attn.forward(
+                        i,
+                        layer.input_layernorm.forward(hidden.clone()),
+                        &cos,
+                        &sin,
+                        pool,
+                        &layout,
+                    )?;
+                    hidden = hidden + attn;
+                    let mlp = layer.mlp.forward(layer.post_attention_layernorm.forward(hidden.clone()));
+                    hidden = hidden + mlp;
+                }
+                self.norm.forward(hidden)
+            }
+        };
 
-        // 4. Final norm and head, only on the rows whose logits are wanted.
+        // 4. The head, only on the rows whose logits are wanted.
         let rows: Vec<_> = layout.sequences.iter().map(|s| s.rows.clone()).collect();
         let hidden = match mode {
             LogitsMode::All => hidden,
@@ -337,14 +367,54 @@ impl CausalLm {
                 hidden.select(0, index)
             }
         };
-        let logits = self
-            .lm_head
-            .forward(self.norm.forward(hidden))
-            .cast(DType::F32);
+        let logits = self.lm_head.forward(hidden).cast(DType::F32);
         Ok(match mode {
             LogitsMode::All => rows.into_iter().map(|r| logits.clone().narrow(0, r.start, r.len())).collect(),
             LogitsMode::Last => (0..rows.len()).map(|i| logits.clone().narrow(0, i, 1)).collect(),
         })
+    }
+
+    /// Every layer and the final norm as host data, when the fast path
+    /// holds all of them (quantized projections; float ones stay on Burn).
+    fn host_layers(&self) -> Option<(Vec<LayerHost<'_>>, (&[f32], f64))> {
+        if !self.options.cpu_fast_path {
+            return None;
+        }
+        let layers = self.layers.iter().map(DecoderLayer::host).collect::<Option<Vec<_>>>()?;
+        Some((layers, self.norm.host()?))
+    }
+
+    /// The decoder layers on host rows, one set of buffers reused by every
+    /// layer: Burn's tensor ops and their allocations cost a decode step of
+    /// a small model more than its norms do. Each residual add is fused
+    /// with the norm after it; returns the final norm's output.
+    fn layers_on_host(
+        layers: &[LayerHost<'_>],
+        final_norm: (&[f32], f64),
+        hidden: Tensor<2>,
+        (cos, sin): (&Tensor<2>, &Tensor<2>),
+        pool: &mut HostKv,
+        layout: &StepLayout<'_>,
+    ) -> Tensor<2> {
+        let dims = hidden.dims();
+        let (cos, sin) = (into_host_vec(cos.clone()), into_host_vec(sin.clone()));
+        let (cos, sin) = (cos.as_slice(), sin.as_slice());
+        let mut hidden = into_host_vec(hidden);
+        let mut normed = vec![0.0; hidden.len()];
+        let mut delta = Vec::with_capacity(hidden.len());
+        let (mut attention, mut mlp) = (AttentionBuffers::default(), MlpBuffers::default());
+        let tokens = layout.write_slots.len();
+        let (first, eps) = layers.first().map_or(final_norm, |l| l.input_norm);
+        crate::cpu::ops::rms_norm(&hidden, first, eps, &mut normed);
+        for (i, layer) in layers.iter().enumerate() {
+            layer.attention.forward(i, &normed, (cos, sin), pool, layout, &mut attention, &mut delta);
+            let (weight, eps) = layer.post_norm;
+            add_rms_norm(&mut hidden, &delta, weight, eps, &mut normed);
+            layer.mlp.forward(&normed, tokens, &mut mlp, &mut delta);
+            let (weight, eps) = layers.get(i + 1).map_or(final_norm, |next| next.input_norm);
+            add_rms_norm(&mut hidden, &delta, weight, eps, &mut normed);
+        }
+        from_vec(normed, dims)
     }
 
     /// One step of a single sequence with its own cache: `tokens` continue

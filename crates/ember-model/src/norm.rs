@@ -28,6 +28,11 @@ impl RmsNorm {
         })
     }
 
+    /// The weight and epsilon on the host (the CPU fast path).
+    pub(crate) fn host(&self) -> Option<(&[f32], f64)> {
+        self.host_weight.as_deref().map(|w| (w, self.eps))
+    }
+
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if let (Some(weight), Some(host)) = (&self.host_weight, HostF32::new(&x)) {

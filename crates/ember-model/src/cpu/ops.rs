@@ -41,6 +41,27 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
     over_pool(out, rows_per_task * dim, &|range, out| rms_norm_serial(&x[range], weight, eps, out));
 }
 
+/// `hidden += delta`, then `out = rms_norm(hidden)`: a layer's residual add
+/// and the next norm in one pass over the rows (the same arithmetic as the
+/// two done apart).
+pub fn add_rms_norm(hidden: &mut [f32], delta: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
+    let dim = weight.len();
+    assert!(
+        hidden.len() == delta.len() && hidden.len() == out.len() && dim > 0 && hidden.len() % dim == 0,
+        "add_rms_norm: shapes"
+    );
+    let rows_per_task = (PARALLEL_CHUNK / dim).max(1);
+    let shared = SharedOut::new(hidden);
+    over_pool(out, rows_per_task * dim, &|range, out| {
+        // SAFETY: tasks take disjoint ranges, of `hidden` as of `out`.
+        let hidden = unsafe { std::slice::from_raw_parts_mut(shared.get().add(range.start), range.len()) };
+        for (h, d) in hidden.iter_mut().zip(&delta[range]) {
+            *h += d;
+        }
+        rms_norm_serial(hidden, weight, eps, out);
+    });
+}
+
 fn rms_norm_serial(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
     let dim = weight.len();
     for (row, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
@@ -187,6 +208,22 @@ mod tests {
         rms_norm(&x, &weight, 1e-6, &mut split);
         rms_norm_serial(&x, &weight, 1e-6, &mut whole);
         assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn add_rms_norm_is_the_add_then_the_norm() {
+        let dim = 64;
+        let rows = 2 * PARALLEL_CHUNK / dim + 3;
+        let hidden: Vec<f32> = (0..rows * dim).map(|i| (i % 29) as f32 / 7.0 - 2.0).collect();
+        let delta: Vec<f32> = (0..rows * dim).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+        let weight: Vec<f32> = (0..dim).map(|i| 0.25 + i as f32 / 64.0).collect();
+        let mut fused = (hidden.clone(), vec![0.0; hidden.len()]);
+        add_rms_norm(&mut fused.0, &delta, &weight, 1e-6, &mut fused.1);
+        let sum: Vec<f32> = hidden.iter().zip(&delta).map(|(h, d)| h + d).collect();
+        let mut apart = vec![0.0; sum.len()];
+        rms_norm_serial(&sum, &weight, 1e-6, &mut apart);
+        assert_eq!(fused.0, sum);
+        assert_eq!(fused.1, apart);
     }
 
     #[test]

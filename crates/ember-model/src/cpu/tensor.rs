@@ -39,3 +39,15 @@ impl HostF32 {
 pub fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
 }
+
+/// A tensor's values as a host `Vec`: no copy for an unshared f32 tensor on
+/// flex (the fast path's own), converted otherwise.
+pub fn into_host_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    match HostF32::new(&t) {
+        Some(host) => {
+            drop(t);
+            host.into_vec()
+        }
+        None => t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default(),
+    }
+}

@@ -146,6 +146,21 @@ impl KvLayer<'_> {
         self.kv.width
     }
 
+    /// This layer's keys as f32 slots (`slot * width + head * head_dim`),
+    /// when the cache is f32.
+    pub fn f32_keys(&self) -> Option<&[f32]> {
+        match self.kv.dtype {
+            KvDtype::F32 => Some(&self.kv.f32s()[self.keys..self.keys + self.kv.slots * self.kv.width]),
+            KvDtype::F16 => None,
+        }
+    }
+
+    /// Head `head`'s key at `slot`, as f32 into `out`.
+    #[inline(always)]
+    pub fn copy_key(&self, slot: usize, head: usize, out: &mut [f32]) {
+        self.copy_row(self.keys, slot, head, out);
+    }
+
     /// This layer's values as f32 slots (`slot * width + head * head_dim`),
     /// when the cache is f32.
     pub fn f32_values(&self) -> Option<&[f32]> {
@@ -164,8 +179,13 @@ impl KvLayer<'_> {
     /// Head `head`'s value at `slot`, as f32 into `out`.
     #[inline(always)]
     pub fn copy_value(&self, slot: usize, head: usize, out: &mut [f32]) {
+        self.copy_row(self.values, slot, head, out);
+    }
+
+    #[inline(always)]
+    fn copy_row(&self, base: usize, slot: usize, head: usize, out: &mut [f32]) {
         let d = out.len();
-        let at = self.values + slot * self.kv.width + head * d;
+        let at = base + slot * self.kv.width + head * d;
         match self.kv.dtype {
             KvDtype::F32 => out.copy_from_slice(&self.kv.f32s()[at..at + d]),
             KvDtype::F16 => kernels::f16_to_f32(&self.kv.f16s()[at..at + d], out),

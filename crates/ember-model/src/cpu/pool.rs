@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before parking. Between two regions of one
 /// step the engine thread does a few microseconds of other work; a token step
 /// of a small model is a few milliseconds.
-const SPIN: Duration = Duration::from_micros(200);
+const SPIN: Duration = Duration::from_micros(2000);
 
 /// The task function of the current region, lifetime erased. Valid only
 /// while `ThreadPool::run` is inside the region that published it.

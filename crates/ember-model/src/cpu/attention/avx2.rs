@@ -34,6 +34,71 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Scores of a decode step's few queries (`[count, d]`, `d` a multiple of
+/// 8) against `n` key rows `stride` apart, into `scores[q * lanes + p]`.
+/// Four keys by up to three queries at a time: twelve accumulators, each
+/// key chunk loaded once for every query, and one horizontal reduction per
+/// four scores instead of one per score (a dot per key and query spent
+/// more on its reduction than on its eight multiply-adds).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `keys` holds `n` rows of `d` floats, `stride`
+/// apart; `scores` holds `count * lanes` floats with `n <= lanes`.
+#[inline(always)]
+pub(super) unsafe fn score_rows(queries: &[f32], count: usize, keys: *const f32, stride: usize, n: usize, scores: &mut [f32], lanes: usize, d: usize) {
+    assert!(d.is_multiple_of(8) && queries.len() >= count * d && scores.len() >= count * lanes && n <= lanes, "score_rows: shape");
+    let mut first = 0;
+    while first < count {
+        let q = (count - first).min(3);
+        let (queries, out) = (queries[first * d..].as_ptr(), scores[first * lanes..].as_mut_ptr());
+        let mut p = 0;
+        // SAFETY: rows `p..p + 4 <= n` of `keys`, the queries' `d` columns
+        // and their first `n` scores, as the caller and the assert promise.
+        unsafe {
+            while p + 4 <= n {
+                let (keys, out) = (keys.add(p * stride), out.add(p));
+                match q {
+                    1 => score_four::<1>(queries, keys, stride, d, out, lanes),
+                    2 => score_four::<2>(queries, keys, stride, d, out, lanes),
+                    _ => score_four::<3>(queries, keys, stride, d, out, lanes),
+                }
+                p += 4;
+            }
+            for p in p..n {
+                let key = std::slice::from_raw_parts(keys.add(p * stride), d);
+                for i in 0..q {
+                    *out.add(i * lanes + p) = dot(std::slice::from_raw_parts(queries.add(i * d), d), key);
+                }
+            }
+        }
+        first += q;
+    }
+}
+
+/// `Q` queries against four key rows.
+#[inline(always)]
+unsafe fn score_four<const Q: usize>(queries: *const f32, keys: *const f32, stride: usize, d: usize, out: *mut f32, lanes: usize) {
+    // SAFETY: as `score_rows` promises.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 4]; Q];
+        for c in (0..d).step_by(8) {
+            let k: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(keys.add(j * stride + c)));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let q = _mm256_loadu_ps(queries.add(i * d + c));
+                for (a, k) in acc.iter_mut().zip(&k) {
+                    *a = _mm256_fmadd_ps(q, *k, *a);
+                }
+            }
+        }
+        for (i, [a0, a1, a2, a3]) in acc.iter().enumerate() {
+            // [s0 s1 s2 s3] of the low lanes, then of the high lanes.
+            let pairs = _mm256_hadd_ps(_mm256_hadd_ps(*a0, *a1), _mm256_hadd_ps(*a2, *a3));
+            let sums = _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps::<1>(pairs));
+            _mm_storeu_ps(out.add(i * lanes), sums);
+        }
+    }
+}
+
 /// [`crate::cpu::ops::exp_nonpositive`] on eight lanes, step for step the same
 /// operations (no fused multiply-adds), so both paths weigh alike.
 ///

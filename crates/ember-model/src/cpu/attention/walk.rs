@@ -22,7 +22,9 @@ pub(super) struct Scratch {
     /// Per row: its visible blocks; and their union, in order.
     visible: Vec<Vec<usize>>,
     union: Vec<usize>,
-    /// `[d, lanes]`: the block's keys, transposed; one converted key (f16).
+    /// `[d, lanes]`: the block's keys, transposed (a prompt tile's queries),
+    /// or `[lanes, d]` converted rows (a decode step's, f16 caches); one
+    /// converted key (f16).
     keys: Vec<f32>,
     key: Vec<f32>,
     /// The block's values as f32 rows (f16 caches only).
@@ -273,7 +275,23 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
         let n = bs.min(limit - first);
         let slot = |offset: usize| block as usize * bs + offset;
         let count = queries.len() / d;
-        if count <= ROW_DOT_QUERIES {
+        #[cfg(target_arch = "x86_64")]
+        if FMA && count <= ROW_DOT_QUERIES && d.is_multiple_of(8) {
+            // Few queries (a decode step): keys scored in place, row by
+            // row, without transposing the block (f16 rows converted first).
+            let (source, base, stride) = match walk.layer.f32_keys() {
+                Some(all) => (all, slot(0) * walk.layer.width() + walk.kv_head * d, walk.layer.width()),
+                None => {
+                    for p in 0..n {
+                        walk.layer.copy_key(slot(p), walk.kv_head, &mut keys[p * d..(p + 1) * d]);
+                    }
+                    (&keys[..], 0, d)
+                }
+            };
+            // SAFETY: `FMA` is only set inside `attend_avx2`; the source
+            // holds the block's `n` rows, and `scores` `count` rows of `lanes`.
+            unsafe { avx2::score_rows(queries, count, source[base..].as_ptr(), stride, n, scores, lanes, d) };
+        } else if count <= ROW_DOT_QUERIES {
             // Few queries (a decode step): a dot per key row costs less
             // than transposing the block.
             for p in 0..n {

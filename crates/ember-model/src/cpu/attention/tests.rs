@@ -100,23 +100,27 @@ fn long_prompt_chunks_match_naive_attention() {
     // split), and in more parts than blocks (empty parts).
     // Heads of 40 take the vector paths' tiles of 32 and 8 columns; groups
     // of 2, 3 and 4 query heads take the decode scores' chunks of up to
-    // three queries, and heads of 12 the path without vectors.
-    for (past, new) in [(13usize, 37usize), (49, 1)] {
-        for parts in [1, 3, 20] {
-            for d in [16, 40] {
-                chunk_matches_naive_attention(past, new, parts, d, 6);
+    // three queries, and heads of 12 the path without vectors. Blocks of
+    // 8 take the prompt path's 8x8 transposition of the keys, blocks of 4
+    // its scalar one.
+    for bs in [4, 8] {
+        for (past, new) in [(13usize, 37usize), (49, 1)] {
+            for parts in [1, 3, 20] {
+                for d in [16, 40] {
+                    chunk_matches_naive_attention(past, new, parts, d, 6, bs);
+                }
             }
         }
     }
     for heads in [9, 12] {
         for d in [12, 16] {
-            chunk_matches_naive_attention(49, 1, 2, d, heads);
+            chunk_matches_naive_attention(49, 1, 2, d, heads, 4);
         }
     }
 }
 
-fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize, d: usize, heads: usize) {
-    let (kv_heads, bs) = (3, 4);
+fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize, d: usize, heads: usize, bs: usize) {
+    let kv_heads = 3;
     let width = kv_heads * d;
     let total = past + new;
     let table: Vec<u32> = (0..total.div_ceil(bs) as u32).map(|b| (b * 7) % 13).collect();
@@ -145,7 +149,7 @@ fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize, d: usize
                 let at = (row * heads + h) * d;
                 let want = naive(&q[at..at + d], &head_keys, &head_values, past + row + 1);
                 for (got, w) in out[at..at + d].iter().zip(&want) {
-                    let context = format!("{dtype:?} d {d} heads {heads} past {past} new {new} parts {parts} row {row} head {h}");
+                    let context = format!("{dtype:?} bs {bs} d {d} heads {heads} past {past} new {new} parts {parts} row {row} head {h}");
                     assert!((f64::from(*got) - w).abs() < tolerance, "{context}: {got} vs {w}");
                 }
             }

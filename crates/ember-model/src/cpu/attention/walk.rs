@@ -22,10 +22,10 @@ pub(super) struct Scratch {
     /// Per row: its visible blocks; and their union, in order.
     visible: Vec<Vec<usize>>,
     union: Vec<usize>,
-    /// `[d, lanes]`: the block's keys, transposed (a prompt tile's queries),
-    /// or `[lanes, d]` converted rows (a decode step's, f16 caches); one
-    /// converted key (f16).
+    /// `[d, lanes]`: the block's keys, transposed; `[block_size, d]`: its
+    /// key rows converted to f32 (f16 caches); one converted key.
     keys: Vec<f32>,
+    key_rows: Vec<f32>,
     key: Vec<f32>,
     /// The block's values as f32 rows (f16 caches only).
     values: Vec<f32>,
@@ -70,6 +70,7 @@ impl Scratch {
         self.acc.resize(queries * d, 0.0);
         self.scores.resize(queries * bs.next_multiple_of(KEY_LANES), 0.0);
         self.keys.resize(d * bs.next_multiple_of(KEY_LANES), 0.0);
+        self.key_rows.resize(bs * d, 0.0);
         self.key.resize(d, 0.0);
         self.values.resize(bs * d, 0.0);
     }
@@ -259,6 +260,7 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
         visible,
         union,
         keys,
+        key_rows,
         key,
         values,
         scores,
@@ -276,21 +278,32 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
         let slot = |offset: usize| block as usize * bs + offset;
         let count = queries.len() / d;
         #[cfg(target_arch = "x86_64")]
-        if FMA && count <= ROW_DOT_QUERIES && d.is_multiple_of(8) {
-            // Few queries (a decode step): keys scored in place, row by
-            // row, without transposing the block (f16 rows converted first).
+        if FMA && d.is_multiple_of(8) && (count <= ROW_DOT_QUERIES || bs.is_multiple_of(8)) {
+            // The block's key rows in place (f16 ones converted first).
             let (source, base, stride) = match walk.layer.f32_keys() {
                 Some(all) => (all, slot(0) * walk.layer.width() + walk.kv_head * d, walk.layer.width()),
                 None => {
                     for p in 0..n {
-                        walk.layer.copy_key(slot(p), walk.kv_head, &mut keys[p * d..(p + 1) * d]);
+                        walk.layer.copy_key(slot(p), walk.kv_head, &mut key_rows[p * d..(p + 1) * d]);
                     }
-                    (&keys[..], 0, d)
+                    (&key_rows[..], 0, d)
                 }
             };
-            // SAFETY: `FMA` is only set inside `attend_avx2`; the source
-            // holds the block's `n` rows, and `scores` `count` rows of `lanes`.
-            unsafe { avx2::score_rows(queries, count, source[base..].as_ptr(), stride, n, scores, lanes, d) };
+            let rows = &source[base..];
+            if count <= ROW_DOT_QUERIES {
+                // Few queries (a decode step): scored row by row, without
+                // transposing the block.
+                // SAFETY: `FMA` is only set inside `attend_avx2`; `rows`
+                // holds the block's `n` rows, `scores` `count` rows of `lanes`.
+                unsafe { avx2::score_rows(queries, count, rows.as_ptr(), stride, n, scores, lanes, d) };
+            } else {
+                // The whole block is transposed, eight by eight: rows past
+                // `n` are the block's own unused slots, and their scores
+                // are never taken.
+                // SAFETY: as above; `rows` holds the block's `bs` slots.
+                unsafe { avx2::transpose_rows(rows, stride, bs, d, keys, lanes) };
+                score_block::<FMA>(queries, keys, lanes, d, scores);
+            }
         } else if count <= ROW_DOT_QUERIES {
             // Few queries (a decode step): a dot per key row costs less
             // than transposing the block.

@@ -18,6 +18,7 @@ mod model;
 mod norm;
 pub mod rope;
 pub mod safetensors_source;
+pub mod sparse;
 pub mod weights;
 
 pub use burn::tensor::{DType, Device, Tensor};

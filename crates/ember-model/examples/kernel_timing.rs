@@ -95,7 +95,7 @@ fn attention() -> std::io::Result<()> {
             let row: Vec<f32> = (0..width).map(|j| ((position * 31 + j) % 17) as f32 * 0.05).collect();
             kv.write(0, position, &row, &row);
         }
-        let sequences = [SequenceView { rows: 0..new, past_len: past, block_table: &table }];
+        let sequences = [SequenceView { rows: 0..new, past_len: past, block_table: &table, global_spans: &[] }];
         let q: Vec<f32> = (0..new * shape.heads * shape.head_dim).map(|i| (i % 13) as f32 * 0.05).collect();
         let mut out = vec![0.0; q.len()];
         let seconds = best_of(30, calls, || paged_attention(&q, &kv.layer(0), &sequences, &Causal, shape, &mut out));

@@ -19,6 +19,7 @@ use super::kv::KvLayer;
 use super::pool;
 use super::SharedOut;
 use super::ops::exp_nonpositive;
+use crate::sparse::{SparseLayout, VisibleBlock};
 use walk::{SCRATCH, Walk, attend};
 
 /// One sequence of the step.
@@ -29,22 +30,34 @@ pub struct SequenceView<'a> {
     pub past_len: usize,
     /// Pool blocks holding positions `0..past_len + rows.len()`, in order.
     pub block_table: &'a [u32],
+    /// Position ranges every later query of the sequence sees, whatever the
+    /// layout (a sparse layout's global spans; ignored by dense attention).
+    pub global_spans: &'a [Range<usize>],
 }
 
 /// The blocks a query attends to: indices into its sequence's block table,
-/// increasing. Positions past the query's own are never visible, whatever
-/// the list says (the causal limit is applied inside the last block).
+/// increasing, each with the mask of its positions the query sees.
+/// Positions past the query's own are never visible, whatever the list
+/// says (the causal limit is applied inside the last block).
 pub trait Visible: Sync {
-    fn blocks(&self, sequence: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<usize>);
+    fn blocks(&self, sequence: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<VisibleBlock>);
 }
 
 /// Dense causal attention: every block up to the query's own position.
 pub struct Causal;
 
 impl Visible for Causal {
-    fn blocks(&self, _: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<usize>) {
+    fn blocks(&self, _: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<VisibleBlock>) {
         out.clear();
-        out.extend(0..=position / block_size);
+        out.extend((0..=position / block_size).map(VisibleBlock::whole));
+    }
+}
+
+/// Block-sparse attention (the layout validated against the pool's block
+/// size), with each sequence's own global spans.
+impl Visible for SparseLayout {
+    fn blocks(&self, sequence: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<VisibleBlock>) {
+        self.visible_blocks(sequence.global_spans, position, block_size, out);
     }
 }
 

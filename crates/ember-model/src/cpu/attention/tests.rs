@@ -1,4 +1,5 @@
 use super::*;
+use std::ops::Range;
 use crate::cpu::ops::exp_nonpositive;
 use crate::cpu::kv::{HostKv, KvDtype};
 
@@ -29,15 +30,24 @@ fn value(i: usize) -> f32 {
 /// Naive attention in f64 for one query row of one head over keys
 /// `0..limit` of that sequence (`keys[p]`, `values[p]` per position).
 fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], limit: usize) -> Vec<f64> {
+    naive_over(q, keys, values, &(0..limit).collect::<Vec<_>>())
+}
+
+/// Naive attention over the key positions `seen` only (a dense
+/// computation under an explicit mask).
+fn naive_over(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], seen: &[usize]) -> Vec<f64> {
     let d = q.len();
     let scale = 1.0 / (d as f64).sqrt();
-    let scores: Vec<f64> = (0..limit)
-        .map(|p| q.iter().zip(&keys[p]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale)
+    let scores: Vec<f64> = seen
+        .iter()
+        .map(|&p| q.iter().zip(&keys[p]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale)
         .collect();
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
     let total: f64 = weights.iter().sum();
-    (0..d).map(|j| (0..limit).map(|p| weights[p] * f64::from(values[p][j])).sum::<f64>() / total).collect()
+    (0..d)
+        .map(|j| seen.iter().zip(&weights).map(|(&p, w)| w * f64::from(values[p][j])).sum::<f64>() / total)
+        .collect()
 }
 
 /// Two sequences with scattered, out-of-order blocks, one mid-prompt
@@ -67,8 +77,8 @@ fn paged_attention_matches_naive_attention() {
         }
         // Rows 0..3: sequence 0's positions 8, 9, 10; row 3: sequence 1's position 5.
         let sequences = [
-            SequenceView { rows: 0..3, past_len: 8, block_table: tables[0] },
-            SequenceView { rows: 3..4, past_len: 5, block_table: tables[1] },
+            SequenceView { rows: 0..3, past_len: 8, block_table: tables[0], global_spans: &[] },
+            SequenceView { rows: 3..4, past_len: 5, block_table: tables[1], global_spans: &[] },
         ];
         let q: Vec<f32> = (0..4 * heads * d).map(|i| value(i + 99)).collect();
         let mut out = vec![f32::NAN; 4 * heads * d];
@@ -135,7 +145,7 @@ fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize, d: usize
             keys.push(k);
             values.push(v);
         }
-        let sequences = [SequenceView { rows: 0..new, past_len: past, block_table: &table }];
+        let sequences = [SequenceView { rows: 0..new, past_len: past, block_table: &table, global_spans: &[] }];
         let q: Vec<f32> = (0..new * heads * d).map(|i| value(i * 3 + 1)).collect();
         let mut out = vec![f32::NAN; new * heads * d];
         let shape = Heads { heads, kv_heads, head_dim: d };
@@ -164,9 +174,9 @@ fn chunk_matches_naive_attention(past: usize, new: usize, parts: usize, d: usize
 fn visible_blocks_limit_what_a_query_reads() {
     struct LastBlockOnly;
     impl Visible for LastBlockOnly {
-        fn blocks(&self, _: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<usize>) {
+        fn blocks(&self, _: &SequenceView<'_>, position: usize, block_size: usize, out: &mut Vec<VisibleBlock>) {
             out.clear();
-            out.push(position / block_size);
+            out.push(VisibleBlock::whole(position / block_size));
         }
     }
     let (d, bs) = (4, 2);
@@ -176,7 +186,7 @@ fn visible_blocks_limit_what_a_query_reads() {
         kv.write(0, p, &[0.0; 4], &[p as f32 + 1.0; 4]);
     }
     let table = [0, 1, 2];
-    let sequences = [SequenceView { rows: 0..2, past_len: 3, block_table: &table }];
+    let sequences = [SequenceView { rows: 0..2, past_len: 3, block_table: &table, global_spans: &[] }];
     let mut out = vec![0.0; 2 * d];
     let shape = Heads { heads: 1, kv_heads: 1, head_dim: d };
     paged_attention(&[1.0; 8], &kv.layer(0), &sequences, &LastBlockOnly, shape, &mut out);
@@ -184,4 +194,62 @@ fn visible_blocks_limit_what_a_query_reads() {
     // position 4 sees block 2: position 4, value 5.
     assert!(out[..d].iter().all(|v| (v - 3.5).abs() < 1e-6), "{out:?}");
     assert!(out[d..].iter().all(|v| (v - 5.0).abs() < 1e-6), "{out:?}");
+}
+
+/// Block-sparse layouts, batched: a prompt chunk of two tiles and a decode
+/// step, each sequence with its own global spans, sinks and spans that end
+/// mid-block (partial masks), strided blocks, scattered block tables, whole
+/// and split into parts, f32 and f16: every row equals dense attention
+/// under the layout's explicit mask.
+#[test]
+fn sparse_layouts_match_dense_attention_under_their_mask() {
+    use crate::sparse::SparseLayout;
+    let (heads, kv_heads, d, bs) = (6, 3, 16, 4);
+    let width = kv_heads * d;
+    let layout = SparseLayout { block: 8, local: 1, sinks: 3, stride: 3, dense_below: 10 };
+    layout.validate(bs).expect("layout");
+    let lengths = [70usize, 61];
+    let spans: [Vec<Range<usize>>; 2] = [vec![21..26, 40..41], vec![5..7]];
+    let tables: [Vec<u32>; 2] = [(0..18).rev().collect(), (0..16).map(|b| 18 + (b * 5) % 16).collect()];
+    for (dtype, tolerance) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-2)] {
+        let mut kv = HostKv::new(1, 34, bs, width, dtype).expect("pool");
+        let mut keys = vec![Vec::new(), Vec::new()];
+        let mut values = vec![Vec::new(), Vec::new()];
+        for s in 0..2 {
+            for p in 0..lengths[s] {
+                let k: Vec<f32> = (0..width).map(|j| value(s * 5000 + p * 37 + j)).collect();
+                let v: Vec<f32> = (0..width).map(|j| value(s * 9000 + p * 23 + j + 1)).collect();
+                kv.write(0, tables[s][p / bs] as usize * bs + p % bs, &k, &v);
+                keys[s].push(k);
+                values[s].push(v);
+            }
+        }
+        // Rows 0..30: sequence 0's positions 40..70; row 30: sequence 1's 60.
+        let sequences = [
+            SequenceView { rows: 0..30, past_len: 40, block_table: &tables[0], global_spans: &spans[0] },
+            SequenceView { rows: 30..31, past_len: 60, block_table: &tables[1], global_spans: &spans[1] },
+        ];
+        let q: Vec<f32> = (0..31 * heads * d).map(|i| value(i * 7 + 2)).collect();
+        for parts in [1, 3] {
+            let mut out = vec![f32::NAN; q.len()];
+            let units = units(&sequences, kv_heads);
+            let shape = Heads { heads, kv_heads, head_dim: d };
+            attend_in_parts(&q, &kv.layer(0), &sequences, &units, parts, &layout, shape, &mut out);
+            for (row, s, position) in (0..30).map(|r| (r, 0, 40 + r)).chain([(30, 1, 60)]) {
+                let seen: Vec<usize> = (0..=position).filter(|&k| layout.sees(&spans[s], position, k)).collect();
+                assert!(seen.len() < position + 1, "position {position} must not see everything");
+                for h in 0..heads {
+                    let g = h / (heads / kv_heads);
+                    let head_keys: Vec<Vec<f32>> = keys[s].iter().map(|k| k[g * d..(g + 1) * d].to_vec()).collect();
+                    let head_values: Vec<Vec<f32>> = values[s].iter().map(|v| v[g * d..(g + 1) * d].to_vec()).collect();
+                    let at = (row * heads + h) * d;
+                    let want = naive_over(&q[at..at + d], &head_keys, &head_values, &seen);
+                    for (got, w) in out[at..at + d].iter().zip(&want) {
+                        let context = format!("{dtype:?} parts {parts} row {row} head {h}");
+                        assert!((f64::from(*got) - w).abs() < tolerance, "{context}: {got} vs {w}");
+                    }
+                }
+            }
+        }
+    }
 }

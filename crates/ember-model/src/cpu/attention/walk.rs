@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::{Heads, SequenceView, Unit, Visible, state_len};
+use crate::sparse::VisibleBlock;
 use crate::cpu::ops::exp_nonpositive;
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
@@ -20,7 +21,7 @@ pub(super) struct Scratch {
     /// Per query: positions it may see (its own position + 1).
     limits: Vec<usize>,
     /// Per row: its visible blocks; and their union, in order.
-    visible: Vec<Vec<usize>>,
+    visible: Vec<Vec<VisibleBlock>>,
     union: Vec<usize>,
     /// `[d, lanes]`: the block's keys, transposed; `[block_size, d]`: its
     /// key rows converted to f32 (f16 caches); one converted key.
@@ -57,7 +58,7 @@ impl Scratch {
             self.queries.extend(row_queries.iter().map(|v| v * scale));
             self.limits.extend(std::iter::repeat_n(position + 1, group));
             visible.blocks(seq, position, bs, &mut self.visible[local]);
-            self.union.extend_from_slice(&self.visible[local]);
+            self.union.extend(self.visible[local].iter().map(|b| b.block));
         }
         self.union.sort_unstable();
         self.union.dedup();
@@ -324,8 +325,11 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
             score_block::<FMA>(queries, keys, lanes, d, scores);
         }
         for (i, taken) in taken.iter_mut().enumerate() {
-            let sees = visible[i / per_row].binary_search(&logical).is_ok();
-            *taken = if sees { n.min(limits[i].saturating_sub(first)) } else { 0 };
+            let row_blocks = &visible[i / per_row];
+            *taken = match row_blocks.binary_search_by_key(&logical, |b| b.block) {
+                Ok(at) => mask_scores(&mut scores[i * lanes..], n.min(limits[i].saturating_sub(first)), row_blocks[at].mask),
+                Err(_) => 0,
+            };
             let (scores, acc) = (&mut scores[i * lanes..(i + 1) * lanes], &mut acc[i * d..(i + 1) * d]);
             #[cfg(target_arch = "x86_64")]
             if FMA {
@@ -353,6 +357,27 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
         }
         weighted_values::<FMA>(scores, lanes, taken, &source[base..], stride, acc, d);
     }
+}
+
+/// A query's first `taken` scores of a block under its visibility mask:
+/// hidden positions score minus infinity (a weight of at most `exp(-87)`,
+/// nothing against a visible one). Returns how many scores to take, 0 when
+/// none is visible.
+#[inline(always)]
+fn mask_scores(scores: &mut [f32], taken: usize, mask: u64) -> usize {
+    if mask == VisibleBlock::ALL {
+        return taken;
+    }
+    let within = if taken >= 64 { u64::MAX } else { (1u64 << taken) - 1 };
+    if mask & within == 0 {
+        return 0;
+    }
+    for (p, score) in scores[..taken].iter_mut().enumerate() {
+        if mask & (1 << p) == 0 {
+            *score = f32::NEG_INFINITY;
+        }
+    }
+    taken
 }
 
 /// One query's online-softmax step over a block: its first `taken` scores

@@ -118,6 +118,7 @@ fn run_once(model: &CausalLm, vocab: u64, seed: u64, depth: usize, n_prompt: usi
             tokens,
             past_len,
             block_table: &table,
+            global_spans: &[],
         };
         let logits = model.forward(&mut pool, &[input], LogitsMode::Last)?;
         // Read the logits back, as a sampler would.

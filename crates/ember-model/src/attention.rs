@@ -5,11 +5,11 @@
 use std::ops::Range;
 
 use burn::tensor::module::attention;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::ModelConfig;
-use crate::cpu::attention::{Causal, Heads, SequenceView, paged_attention};
+use crate::cpu::attention::{Causal, Heads, SequenceView, Visible, paged_attention};
 use crate::cpu::kv::HostKv;
 use crate::cpu::tensor::{from_vec, into_host_vec};
 use crate::error::{ModelError, Result};
@@ -18,6 +18,7 @@ use crate::linear::{HostLinear, Linear};
 use crate::norm::RmsNorm;
 use crate::cpu::ops::{rms_norm, rotary_in_place};
 use crate::rope::apply_rotary;
+use crate::sparse::SparseLayout;
 use crate::weights::Loader;
 
 pub struct Attention {
@@ -42,6 +43,18 @@ pub(crate) struct StepLayout<'a> {
     /// The same as index tensors, for pools of Burn tensors (absent on the
     /// host pool, which is read in place).
     pub tensors: Option<SlotTensors>,
+    /// The block-sparse layout, if attention is not dense.
+    pub sparse: Option<&'a SparseLayout>,
+}
+
+impl StepLayout<'_> {
+    /// What each query sees, for the paged-attention kernel.
+    fn visible(&self) -> &dyn Visible {
+        match self.sparse {
+            Some(layout) => layout,
+            None => &Causal,
+        }
+    }
 }
 
 pub(crate) struct SlotTensors {
@@ -150,13 +163,23 @@ impl Attention {
                 let k = self.repeat_kv(heads_first(keys.clone())).unsqueeze_dim::<4>(0);
                 let v = self.repeat_kv(heads_first(values.clone())).unsqueeze_dim::<4>(0);
                 // Causal masking is aligned bottom-right, so a chunk of new
-                // queries over a longer history sees exactly its past.
+                // queries over a longer history sees exactly its past. A
+                // sparse layout is its explicit mask instead (the dense
+                // reference the paged kernel is tested against).
+                let mask = layout.sparse.map(|sparse| {
+                    let hidden: Vec<bool> = (0..n)
+                        .flat_map(|i| (0..len).map(move |k| !sparse.sees(seq.global_spans, seq.past_len + i, k)))
+                        .collect();
+                    Tensor::<2, Bool>::from_data(TensorData::new(hidden, [n, len]), &q.device())
+                        .reshape([1, 1, n, len])
+                        .expand([1, h, n, len])
+                });
                 let options = AttentionModuleOptions {
                     scale: None,
                     softcap: None,
-                    is_causal: true,
+                    is_causal: mask.is_none(),
                 };
-                let out = attention(q, k, v, None, None, options); // [1, h, n, d]
+                let out = attention(q, k, v, mask, None, options); // [1, h, n, d]
                 out.squeeze_dim::<3>(0).swap_dims(0, 1).reshape([n, h * d])
             })
             .collect();
@@ -297,5 +320,5 @@ fn attend_rows(
         pool.write(layer, slot, &k[row * width..(row + 1) * width], &v[row * width..(row + 1) * width]);
     }
     out.resize(q.len(), 0.0);
-    paged_attention(q, &pool.layer(layer), &layout.sequences, &Causal, shape, out);
+    paged_attention(q, &pool.layer(layer), &layout.sequences, layout.visible(), shape, out);
 }

@@ -110,6 +110,9 @@ pub enum ModelError {
     #[error("a sequence in the batch has no new tokens")]
     EmptySequence,
 
+    #[error("sparse attention: {0}")]
+    SparseLayout(#[from] crate::sparse::LayoutError),
+
     #[error("a block table covers {capacity} positions but the sequence has {tokens}")]
     BlockTableTooShort { tokens: usize, capacity: usize },
 

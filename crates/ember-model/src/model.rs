@@ -2,6 +2,7 @@
 //! One implementation for Qwen3, Qwen2 and Llama, on whatever Burn device the
 //! caller chose. The model holds no per-sequence state: caches are passed in.
 
+use std::ops::Range;
 use std::path::Path;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -23,6 +24,7 @@ use crate::mlp::{Mlp, MlpBuffers, MlpHost};
 use crate::norm::RmsNorm;
 use crate::rope::RotaryEmbedding;
 use crate::safetensors_source::SafetensorsSource;
+use crate::sparse::SparseLayout;
 use crate::weights::{Loader, WeightSource};
 
 struct DecoderLayer {
@@ -84,6 +86,9 @@ pub struct SequenceInput<'a> {
     pub past_len: usize,
     /// The pool blocks that hold positions `0..past_len + tokens.len()`, in order.
     pub block_table: &'a [u32],
+    /// Positions every later query sees under a sparse layout (the
+    /// sequence's `[IMPORTANT]` spans); ignored by dense attention.
+    pub global_spans: &'a [Range<usize>],
 }
 
 /// A loaded causal language model.
@@ -112,6 +117,8 @@ pub struct LoadOptions {
     /// Hugging Face checkpoint (or a float GGUF) are quantized to this at
     /// load (Q8_0 or Q4_0), as mistral.rs's ISQ does.
     pub quantize: Option<QuantType>,
+    /// Block-sparse attention for long inputs; `None` is dense.
+    pub sparse: Option<SparseLayout>,
 }
 
 impl Default for LoadOptions {
@@ -120,6 +127,7 @@ impl Default for LoadOptions {
             cpu_fast_path: true,
             kv_cache_dtype: KvDtype::F32,
             quantize: None,
+            sparse: None,
         }
     }
 }
@@ -319,13 +327,18 @@ impl CausalLm {
                 rows: start..ids.len(),
                 past_len: seq.past_len,
                 block_table: seq.block_table,
+                global_spans: seq.global_spans,
             });
+        }
+        if let Some(sparse) = &self.options.sparse {
+            sparse.validate(bs)?;
         }
         let tensors = (!pool.is_host()).then(|| SlotTensors::new(pool, &write_slots, &sequences));
         let layout = StepLayout {
             write_slots,
             sequences,
             tensors,
+            sparse: self.options.sparse.as_ref(),
         };
 
         // 2. Embeddings and per-token rotary tables.
@@ -426,6 +439,7 @@ impl CausalLm {
             tokens,
             past_len,
             block_table: &block_table,
+            global_spans: &[],
         };
         let logits = self.forward(pool, &[input], mode)?.pop().ok_or(ModelError::EmptySequence)?;
         cache.advance(tokens.len());

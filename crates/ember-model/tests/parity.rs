@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use ember_model::sparse::SparseLayout;
 use ember_model::{CausalLm, DType, Device, KvCache, LoadOptions, LogitsMode, SequenceInput, Tensor};
 use serde::Deserialize;
 
@@ -58,11 +59,16 @@ fn load(name: &str) -> anyhow::Result<(CausalLm, Reference)> {
 }
 
 fn load_on(name: &str, path: Path) -> anyhow::Result<(CausalLm, Reference)> {
+    load_sparse(name, path, None)
+}
+
+fn load_sparse(name: &str, path: Path, sparse: Option<SparseLayout>) -> anyhow::Result<(CausalLm, Reference)> {
     let dir = fixture_dir(name);
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
     let options = LoadOptions {
         cpu_fast_path: path == Path::Fast,
+        sparse,
         ..LoadOptions::default()
     };
     let model = CausalLm::from_dir_with(&dir, &test_device(), DType::F32, options)?;
@@ -176,6 +182,27 @@ fn greedy_matches(name: &str, path: Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A sparse layout whose window covers the whole sequence is dense
+/// attention: the long prompts' logits, recomputed and in chunks of 7,
+/// match the reference.
+fn whole_window_matches(name: &str, path: Path) -> anyhow::Result<()> {
+    let everything = SparseLayout { block: 16, local: 1 << 20, sinks: 0, stride: 0, dense_below: 0 };
+    let (model, r) = load_sparse(name, path, Some(everything))?;
+    for long in &r.long {
+        let got = rows(model.logits(&long.prompt)?)?;
+        let last = got.last().ok_or_else(|| anyhow::anyhow!("no rows"))?;
+        assert_close(&format!("{name} sparse, whole window, prompt of {}", long.prompt.len()), last, &long.last_logits);
+        let mut cache = model.new_cache();
+        let mut chunked = Vec::new();
+        for chunk in long.prompt.chunks(7) {
+            chunked = step(&model, &mut cache, chunk, LogitsMode::All)?;
+        }
+        let last = chunked.last().ok_or_else(|| anyhow::anyhow!("no rows"))?;
+        assert_close(&format!("{name} sparse, whole window, chunked {}", long.prompt.len()), last, &long.last_logits);
+    }
+    Ok(())
+}
+
 macro_rules! parity_tests {
     ($($module:ident => $fixture:literal),* $(,)?) => {$(
         mod $module {
@@ -195,6 +222,11 @@ macro_rules! parity_tests {
                 super::greedy_matches($fixture, Fast)?;
                 super::greedy_matches($fixture, Generic)
             }
+            #[test]
+            fn sparse_with_a_whole_window_matches_reference() -> anyhow::Result<()> {
+                super::whole_window_matches($fixture, Fast)?;
+                super::whole_window_matches($fixture, Generic)
+            }
         }
     )*};
 }
@@ -204,6 +236,45 @@ parity_tests! {
     qwen3_yarn => "qwen3-yarn-tiny",
     llama => "llama-tiny",
     qwen2_biases => "qwen2-tiny",
+}
+
+/// A sparse layout with real windows (sinks and a span ending mid-block,
+/// strided blocks, a window of one block) on a 100-token prompt: the CPU
+/// fast path's paged kernel, whole, in chunks and decoding, gives the
+/// logits of the generic path, which computes dense attention under the
+/// layout's explicit mask; and they differ from dense attention's.
+#[test]
+fn sparse_layouts_agree_with_dense_attention_under_their_mask() -> anyhow::Result<()> {
+    let layout = SparseLayout { block: 16, local: 1, sinks: 5, stride: 3, dense_below: 20 };
+    let spans = [30..37];
+    let block_size = 16;
+    let run = |path: Path, sparse: Option<SparseLayout>, chunk: usize| -> anyhow::Result<Vec<Vec<f32>>> {
+        let (model, r) = load_sparse("qwen3-tiny", path, sparse)?;
+        let prompt = &r.long[1].prompt;
+        let table: Vec<u32> = (0..prompt.len().div_ceil(block_size) as u32).rev().collect();
+        let mut pool = model.new_pool(table.len(), block_size);
+        let mut all = Vec::new();
+        for start in (0..prompt.len()).step_by(chunk) {
+            let tokens = &prompt[start..(start + chunk).min(prompt.len())];
+            let input = SequenceInput { tokens, past_len: start, block_table: &table, global_spans: &spans };
+            let out = model.forward(&mut pool, &[input], LogitsMode::All)?;
+            all.extend(rows(out.into_iter().next().ok_or_else(|| anyhow::anyhow!("no logits"))?)?);
+        }
+        Ok(all)
+    };
+    let reference = run(Path::Generic, Some(layout), 100)?;
+    assert_eq!(reference.len(), 100);
+    for (what, chunk) in [("whole", 100), ("chunks of 7", 7), ("decoding", 1)] {
+        let fast = run(Path::Fast, Some(layout), chunk)?;
+        for (i, (f, g)) in fast.iter().zip(&reference).enumerate() {
+            let worst = f.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 2.0 * TOLERANCE, "sparse, fast path {what}, position {i}: max |diff| {worst}");
+        }
+    }
+    let dense = run(Path::Generic, None, 100)?;
+    let differs = dense[99].iter().zip(&reference[99]).any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(differs, "the sparse layout must change the last position's logits");
+    Ok(())
 }
 
 /// Two sequences in one shared paged pool, their blocks interleaved and out
@@ -231,8 +302,8 @@ fn batched_in_shared_pool(path: Path) -> anyhow::Result<()> {
 
     let (last_a, last_b) = (a.len() - 1, b.len() - 1);
     let prefill = [
-        SequenceInput { tokens: &a[..last_a], past_len: 0, block_table: &table_a },
-        SequenceInput { tokens: &b[..last_b], past_len: 0, block_table: &table_b },
+        SequenceInput { tokens: &a[..last_a], past_len: 0, block_table: &table_a, global_spans: &[] },
+        SequenceInput { tokens: &b[..last_b], past_len: 0, block_table: &table_b, global_spans: &[] },
     ];
     let out = model.forward(&mut pool, &prefill, LogitsMode::All)?;
     let got_b = rows(out.into_iter().nth(1).ok_or_else(|| anyhow::anyhow!("missing b"))?)?;
@@ -241,8 +312,8 @@ fn batched_in_shared_pool(path: Path) -> anyhow::Result<()> {
         assert_close(&format!("batched prefill of b, position {i}"), row, &r.short.logits[i]);
     }
     let decode = [
-        SequenceInput { tokens: &a[last_a..], past_len: last_a, block_table: &table_a },
-        SequenceInput { tokens: &b[last_b..], past_len: last_b, block_table: &table_b },
+        SequenceInput { tokens: &a[last_a..], past_len: last_a, block_table: &table_a, global_spans: &[] },
+        SequenceInput { tokens: &b[last_b..], past_len: last_b, block_table: &table_b, global_spans: &[] },
     ];
     let mut out = model.forward(&mut pool, &decode, LogitsMode::Last)?.into_iter();
     let got_a = rows(out.next().ok_or_else(|| anyhow::anyhow!("missing a"))?)?;
@@ -263,9 +334,9 @@ fn a_short_block_table_is_an_error_not_a_panic() -> anyhow::Result<()> {
 fn short_table_is_an_error(path: Path) -> anyhow::Result<()> {
     let (model, r) = load_on("qwen3-tiny", path)?;
     let mut pool = model.new_pool(2, 4);
-    let too_long = SequenceInput { tokens: &r.long[0].prompt, past_len: 0, block_table: &[0, 1] };
+    let too_long = SequenceInput { tokens: &r.long[0].prompt, past_len: 0, block_table: &[0, 1], global_spans: &[] };
     assert!(model.forward(&mut pool, &[too_long], LogitsMode::Last).is_err());
-    let bad_block = SequenceInput { tokens: &r.short.prompt[..2], past_len: 0, block_table: &[7] };
+    let bad_block = SequenceInput { tokens: &r.short.prompt[..2], past_len: 0, block_table: &[7], global_spans: &[] };
     assert!(model.forward(&mut pool, &[bad_block], LogitsMode::Last).is_err());
     Ok(())
 }

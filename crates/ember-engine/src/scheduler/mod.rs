@@ -198,6 +198,10 @@ impl<R: ModelRunner> Scheduler<R> {
                     tokens: &s.tokens[s.computed..s.computed + p.len],
                     past_len: s.computed,
                     block_table: s.block_ids(),
+                    // `[IMPORTANT]` spans reach the scheduler with the
+                    // long-context work; until then sparse layouts (not yet
+                    // selectable) would see none.
+                    global_spans: &[],
                 }
             })
             .collect();

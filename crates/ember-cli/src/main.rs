@@ -1,6 +1,7 @@
 //! `ember`: the command-line entry point. Thin by design: parsing and
 //! printing here, everything else in the library crates.
 
+mod attention_args;
 mod bench;
 mod bench_engine;
 mod cpu_args;

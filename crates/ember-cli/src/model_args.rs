@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use ember_engine::LoadedModel;
 use ember_engine::default_model::default_model_path;
 
+use crate::attention_args::AttentionArgs;
 use crate::cpu_args::CpuArgs;
 use crate::device::{DeviceChoice, DtypeChoice};
 
@@ -23,6 +24,8 @@ pub struct ModelArgs {
     pub dtype: DtypeChoice,
     #[command(flatten)]
     pub cpu: CpuArgs,
+    #[command(flatten)]
+    pub attention: AttentionArgs,
 }
 
 impl ModelArgs {
@@ -36,7 +39,8 @@ impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
         let path = self.path()?;
         let device = self.device.device()?;
-        let options = self.cpu.apply()?;
+        let mut options = self.cpu.apply()?;
+        options.sparse = self.attention.layout()?;
         LoadedModel::open_with(&path, &device, self.dtype.dtype(), options)
             .with_context(|| format!("loading model from {}", path.display()))
     }

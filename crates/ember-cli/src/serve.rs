@@ -12,6 +12,7 @@ use clap::ValueEnum;
 use ember_engine::{EngineHandle, LoadedModel};
 use ember_gateway::{AppState, GatewayMetrics, ServeConfig};
 
+use crate::attention_args::{AttentionArgs, AttentionChoice};
 use crate::cpu_args::CpuArgs;
 use crate::device::{DeviceChoice, DtypeChoice};
 use crate::engine_args::EngineArgs;
@@ -45,6 +46,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     cpu: CpuArgs,
     #[command(flatten)]
+    attention: AttentionArgs,
+    #[command(flatten)]
     engine: EngineArgs,
 }
 
@@ -74,6 +77,15 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
     if let Some(q) = args.cpu.quantize {
         m.quantize = q.to_possible_value().map(|v| v.get_name().to_owned());
     }
+    let a = &mut c.attention;
+    if let Some(mode) = args.attention.attention {
+        a.mode = mode.to_possible_value().map(|v| v.get_name().to_owned());
+    }
+    a.block = args.attention.sparse_block.or(a.block);
+    a.local = args.attention.sparse_local.or(a.local);
+    a.sinks = args.attention.sparse_sinks.or(a.sinks);
+    a.stride = args.attention.sparse_stride.or(a.stride);
+    a.dense_below = args.attention.sparse_dense_below.or(a.dense_below);
     args.engine.overlay(&mut c.engine);
     Ok(c)
 }
@@ -101,12 +113,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let device: DeviceChoice = parse_choice(c.model.device.as_deref(), "device")?.unwrap_or(DeviceChoice::Flex);
     let dtype: DtypeChoice = parse_choice(c.model.dtype.as_deref(), "dtype")?.unwrap_or(DtypeChoice::F32);
-    let load_options = CpuArgs {
+    let mut load_options = CpuArgs {
         threads: c.model.threads,
         kv_cache_dtype: parse_choice(c.model.kv_cache_dtype.as_deref(), "kv_cache_dtype")?,
         quantize: parse_choice(c.model.quantize.as_deref(), "quantize")?,
     }
     .apply()?;
+    let a = &c.attention;
+    load_options.sparse = AttentionArgs {
+        attention: parse_choice::<AttentionChoice>(a.mode.as_deref(), "attention mode")?,
+        sparse_block: a.block,
+        sparse_local: a.local,
+        sparse_sinks: a.sinks,
+        sparse_stride: a.stride,
+        sparse_dense_below: a.dense_below,
+    }
+    .layout()?;
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
     let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
     let engine_config = c.engine.engine_config(Some(metrics.clone()))?;

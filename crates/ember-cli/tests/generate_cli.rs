@@ -229,3 +229,35 @@ fn token_outside_vocabulary_is_an_error() -> anyhow::Result<()> {
     assert!(stderr.contains("99999") && stderr.contains("vocabulary"), "{stderr}");
     Ok(())
 }
+
+/// `--attention sparse` with a window over the whole prompt gives the
+/// reference greedy tokens; a real window still generates; bad settings
+/// are errors that name the setting.
+#[test]
+fn sparse_attention_flags_reach_the_model() -> anyhow::Result<()> {
+    let dir = fixture("qwen3-tiny");
+    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let ids: Vec<String> = reference.greedy.prompt.iter().map(u32::to_string).collect();
+    let ids = ids.join(",");
+    let base = ["generate", "--model", dir.to_str().unwrap_or_default(), "--prompt-ids", &ids, "--max-tokens", "20", "--json"];
+    let run = |extra: &[&str]| ember(&[&base[..], extra].concat());
+
+    let whole = run(&["--attention", "sparse", "--sparse-block", "16", "--sparse-local", "100000", "--sparse-dense-below", "0"])?;
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let parsed: GenerateJson = serde_json::from_str(String::from_utf8(whole.stdout)?.lines().last().unwrap_or_default())?;
+    assert_eq!(parsed.token_ids, reference.greedy.tokens, "a whole window is dense");
+
+    let windowed = run(&["--attention", "sparse", "--sparse-block", "16", "--sparse-local", "0", "--sparse-sinks", "1", "--sparse-dense-below", "0"])?;
+    assert!(windowed.status.success(), "{}", String::from_utf8_lossy(&windowed.stderr));
+
+    for (extra, says) in [
+        (&["--sparse-local", "3"][..], "sparse_local"),
+        (&["--attention", "sparse", "--sparse-block", "24"][..], "sparse_block must be a positive multiple of the KV block size 16"),
+    ] {
+        let out = run(extra)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    }
+    Ok(())
+}

@@ -185,6 +185,9 @@ impl EngineHandle {
                 "block_size, max_num_batched_tokens and max_num_seqs must be positive".into(),
             ));
         }
+        if let Some(sparse) = model.options().sparse {
+            sparse.validate(config.block_size).map_err(|e| EngineError::InvalidConfig(e.to_string()))?;
+        }
         let bytes_per_block = model.kv_bytes_per_block(config.block_size) as u64;
         let budget = match config.kv_cache_memory {
             KvCacheMemory::Bytes(b) => b,

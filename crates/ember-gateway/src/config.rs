@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub model: ModelSection,
     #[serde(default)]
     pub engine: EngineSection,
+    #[serde(default)]
+    pub attention: AttentionSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -87,6 +89,20 @@ pub struct ModelSection {
     pub kv_cache_dtype: Option<String>,
     /// `q8_0` or `q4_0`: quantize float weights at load (CPU fast path).
     pub quantize: Option<String>,
+}
+
+/// `[attention]`: dense, or the block-sparse layout and its parameters
+/// (the `--attention` and `--sparse-*` flags).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionSection {
+    /// `dense` or `sparse`.
+    pub mode: Option<String>,
+    pub block: Option<usize>,
+    pub local: Option<usize>,
+    pub sinks: Option<usize>,
+    pub stride: Option<usize>,
+    pub dense_below: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -227,6 +227,17 @@ impl CausalLm {
 
     /// Which code computes the model, for start-up reports.
     pub fn compute_summary(&self) -> String {
+        let attention = match &self.options.sparse {
+            Some(l) => format!(
+                "; sparse attention past {} tokens (blocks of {}, {} local, {} sinks, stride {})",
+                l.dense_below, l.block, l.local, l.sinks, l.stride
+            ),
+            None => String::new(),
+        };
+        format!("{}{attention}", self.compute_path())
+    }
+
+    fn compute_path(&self) -> String {
         if self.options.cpu_fast_path {
             format!(
                 "CPU fast path: {} kernels on {} threads, KV cache {:?}{}",

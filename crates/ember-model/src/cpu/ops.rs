@@ -47,7 +47,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
 pub fn add_rms_norm(hidden: &mut [f32], delta: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
     let dim = weight.len();
     assert!(
-        hidden.len() == delta.len() && hidden.len() == out.len() && dim > 0 && hidden.len() % dim == 0,
+        hidden.len() == delta.len() && hidden.len() == out.len() && dim > 0 && hidden.len().is_multiple_of(dim),
         "add_rms_norm: shapes"
     );
     let rows_per_task = (PARALLEL_CHUNK / dim).max(1);

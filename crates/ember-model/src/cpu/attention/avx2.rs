@@ -45,6 +45,7 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The CPU has AVX2 and FMA; `keys` holds `n` rows of `d` floats, `stride`
 /// apart; `scores` holds `count * lanes` floats with `n <= lanes`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn score_rows(queries: &[f32], count: usize, keys: *const f32, stride: usize, n: usize, scores: &mut [f32], lanes: usize, d: usize) {
     assert!(d.is_multiple_of(8) && queries.len() >= count * d && scores.len() >= count * lanes && n <= lanes, "score_rows: shape");
     let mut first = 0;

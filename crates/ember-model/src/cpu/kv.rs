@@ -146,49 +146,39 @@ impl KvLayer<'_> {
         self.kv.width
     }
 
-    /// This layer's keys as f32 slots (`slot * width + head * head_dim`),
-    /// when the cache is f32.
-    pub fn f32_keys(&self) -> Option<&[f32]> {
-        match self.kv.dtype {
-            KvDtype::F32 => Some(&self.kv.f32s()[self.keys..self.keys + self.kv.slots * self.kv.width]),
-            KvDtype::F16 => None,
-        }
-    }
-
-    /// Head `head`'s key at `slot`, as f32 into `out`.
-    #[inline(always)]
-    pub fn copy_key(&self, slot: usize, head: usize, out: &mut [f32]) {
-        self.copy_row(self.keys, slot, head, out);
-    }
-
-    /// This layer's values as f32 slots (`slot * width + head * head_dim`),
-    /// when the cache is f32.
-    pub fn f32_values(&self) -> Option<&[f32]> {
-        match self.kv.dtype {
-            KvDtype::F32 => Some(&self.kv.f32s()[self.values..self.values + self.kv.slots * self.kv.width]),
-            KvDtype::F16 => None,
-        }
-    }
-
     /// Head `head`'s key at `slot`; f16 caches convert into `scratch`.
     #[inline(always)]
     pub fn key<'s>(&'s self, slot: usize, head: usize, scratch: &'s mut [f32]) -> &'s [f32] {
         self.row(self.keys, slot, head, scratch)
     }
 
-    /// Head `head`'s value at `slot`, as f32 into `out`.
+    /// Head `head`'s keys of `n` consecutive slots from `slot` (one
+    /// block's), as f32 rows of `d` and their stride: read in place from an
+    /// f32 cache (the slice runs on to the layer's end), converted into
+    /// `scratch` (`n * d` floats or more) from an f16 one.
     #[inline(always)]
-    pub fn copy_value(&self, slot: usize, head: usize, out: &mut [f32]) {
-        self.copy_row(self.values, slot, head, out);
+    pub fn key_rows<'s>(&'s self, slot: usize, n: usize, head: usize, d: usize, scratch: &'s mut [f32]) -> (&'s [f32], usize) {
+        self.rows(self.keys, slot, n, head, d, scratch)
+    }
+
+    /// [`KvLayer::key_rows`] for the values.
+    #[inline(always)]
+    pub fn value_rows<'s>(&'s self, slot: usize, n: usize, head: usize, d: usize, scratch: &'s mut [f32]) -> (&'s [f32], usize) {
+        self.rows(self.values, slot, n, head, d, scratch)
     }
 
     #[inline(always)]
-    fn copy_row(&self, base: usize, slot: usize, head: usize, out: &mut [f32]) {
-        let d = out.len();
-        let at = base + slot * self.kv.width + head * d;
+    fn rows<'s>(&'s self, base: usize, slot: usize, n: usize, head: usize, d: usize, scratch: &'s mut [f32]) -> (&'s [f32], usize) {
+        let width = self.kv.width;
         match self.kv.dtype {
-            KvDtype::F32 => out.copy_from_slice(&self.kv.f32s()[at..at + d]),
-            KvDtype::F16 => kernels::f16_to_f32(&self.kv.f16s()[at..at + d], out),
+            KvDtype::F32 => (&self.kv.f32s()[base + slot * width + head * d..base + self.kv.slots * width], width),
+            KvDtype::F16 => {
+                for (p, out) in scratch.chunks_exact_mut(d).take(n).enumerate() {
+                    let at = base + (slot + p) * width + head * d;
+                    kernels::f16_to_f32(&self.kv.f16s()[at..at + d], out);
+                }
+                (scratch, d)
+            }
         }
     }
 

@@ -281,16 +281,7 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
         #[cfg(target_arch = "x86_64")]
         if FMA && d.is_multiple_of(8) && (count <= ROW_DOT_QUERIES || bs.is_multiple_of(8)) {
             // The block's key rows in place (f16 ones converted first).
-            let (source, base, stride) = match walk.layer.f32_keys() {
-                Some(all) => (all, slot(0) * walk.layer.width() + walk.kv_head * d, walk.layer.width()),
-                None => {
-                    for p in 0..n {
-                        walk.layer.copy_key(slot(p), walk.kv_head, &mut key_rows[p * d..(p + 1) * d]);
-                    }
-                    (&key_rows[..], 0, d)
-                }
-            };
-            let rows = &source[base..];
+            let (rows, stride) = walk.layer.key_rows(slot(0), n, walk.kv_head, d, key_rows);
             if count <= ROW_DOT_QUERIES {
                 // Few queries (a decode step): scored row by row, without
                 // transposing the block.
@@ -340,22 +331,14 @@ fn attend_generic<const FMA: bool>(walk: &Walk<'_>, scratch: &mut Scratch, d: us
             softmax_step(scores, *taken, &mut max[i], &mut sum[i], acc);
         }
         // Values: in place for f32 caches, converted once per block for f16.
-        let (source, base, stride) = match walk.layer.f32_values() {
-            Some(all) => (all, slot(0) * walk.layer.width() + walk.kv_head * d, walk.layer.width()),
-            None => {
-                for p in 0..n {
-                    walk.layer.copy_value(slot(p), walk.kv_head, &mut values[p * d..(p + 1) * d]);
-                }
-                (&values[..], 0, d)
-            }
-        };
+        let (source, stride) = walk.layer.value_rows(slot(0), n, walk.kv_head, d, values);
         #[cfg(target_arch = "x86_64")]
         if FMA {
             // SAFETY: as above; the source holds the block's `n` rows.
-            unsafe { avx2::weighted_values(scores, lanes, taken, &source[base..], stride, acc, d) };
+            unsafe { avx2::weighted_values(scores, lanes, taken, source, stride, acc, d) };
             continue;
         }
-        weighted_values::<FMA>(scores, lanes, taken, &source[base..], stride, acc, d);
+        weighted_values::<FMA>(scores, lanes, taken, source, stride, acc, d);
     }
 }
 

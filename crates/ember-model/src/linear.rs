@@ -96,31 +96,14 @@ impl Linear {
     /// parallel region, so their rows are shared out over the threads together.
     pub fn forward_group(layers: &[&Linear], x: Tensor<2>) -> Vec<Tensor<2>> {
         let [tokens, cols] = x.dims();
-        let quantized: Vec<&QuantMatrix> = layers
-            .iter()
-            .filter_map(|l| match &l.weight {
-                LinearWeight::Quantized(w) if w.cols() == cols => Some(&**w),
-                _ => None,
-            })
-            .collect();
-        let host = if quantized.len() == layers.len() { HostF32::new(&x) } else { None };
-        let Some(host) = host else {
+        let hosts: Option<Vec<HostLinear<'_>>> =
+            layers.iter().map(|l| l.host().filter(|h| h.weight.cols() == cols)).collect();
+        let (Some(hosts), Some(host)) = (hosts.as_ref(), hosts.as_ref().and_then(|_| HostF32::new(&x))) else {
             return layers.iter().map(|l| l.forward_alone(x.clone())).collect();
         };
-        let mut outs: Vec<Vec<f32>> = quantized.iter().map(|w| vec![0.0; tokens * w.rows()]).collect();
-        let mut projections: Vec<Projection<'_>> = quantized
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(weight, out)| Projection { weight, out })
-            .collect();
-        matmul(host.as_slice(), tokens, &mut projections);
-        drop(projections);
-        layers
-            .iter()
-            .zip(quantized)
-            .zip(outs)
-            .map(|((layer, w), out)| layer.add_bias(from_vec(out, [tokens, w.rows()])))
-            .collect()
+        let mut outs: Vec<Vec<f32>> = vec![Vec::new(); hosts.len()];
+        Self::project_host(hosts, host.as_slice(), tokens, &mut outs.iter_mut().collect::<Vec<_>>());
+        hosts.iter().zip(outs).map(|(h, out)| from_vec(out, [tokens, h.weight.rows()])).collect()
     }
 
     /// Several projections of `x` (`[tokens, cols]`) on the host, each into

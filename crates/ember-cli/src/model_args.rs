@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use ember_engine::LoadedModel;
 use ember_engine::default_model::default_model_path;
+use ember_model::rope::RopeScalingOverride;
 
 use crate::attention_args::AttentionArgs;
 use crate::cpu_args::CpuArgs;
@@ -26,6 +27,11 @@ pub struct ModelArgs {
     pub cpu: CpuArgs,
     #[command(flatten)]
     pub attention: AttentionArgs,
+    /// Replaces the model's RoPE scaling, in vLLM's spelling, e.g.
+    /// '{"rope_type":"yarn","factor":4,"original_max_position_embeddings":32768}'
+    /// (also linear, dynamic, llama3); the window becomes factor x original.
+    #[arg(long, value_name = "JSON")]
+    pub rope_scaling: Option<RopeScalingOverride>,
 }
 
 impl ModelArgs {
@@ -41,6 +47,7 @@ impl ModelArgs {
         let device = self.device.device()?;
         let mut options = self.cpu.apply()?;
         options.sparse = self.attention.layout()?;
+        options.rope_scaling = self.rope_scaling.clone();
         LoadedModel::open_with(&path, &device, self.dtype.dtype(), options)
             .with_context(|| format!("loading model from {}", path.display()))
     }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use ember_engine::{EngineHandle, LoadedModel};
 use ember_gateway::{AppState, GatewayMetrics, ServeConfig};
+use ember_model::rope::RopeScalingOverride;
 
 use crate::attention_args::{AttentionArgs, AttentionChoice};
 use crate::cpu_args::CpuArgs;
@@ -47,6 +48,10 @@ pub struct ServeArgs {
     cpu: CpuArgs,
     #[command(flatten)]
     attention: AttentionArgs,
+    /// Replaces the model's RoPE scaling (vLLM's JSON spelling); the window
+    /// becomes factor x original.
+    #[arg(long, value_name = "JSON")]
+    rope_scaling: Option<RopeScalingOverride>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -74,6 +79,7 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
     if let Some(d) = args.cpu.kv_cache_dtype {
         m.kv_cache_dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
     }
+    m.rope_scaling = args.rope_scaling.or(m.rope_scaling.take());
     if let Some(q) = args.cpu.quantize {
         m.quantize = q.to_possible_value().map(|v| v.get_name().to_owned());
     }
@@ -129,6 +135,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         sparse_dense_below: a.dense_below,
     }
     .layout()?;
+    load_options.rope_scaling = c.model.rope_scaling.clone();
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
     let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
     let engine_config = c.engine.engine_config(Some(metrics.clone()))?;

@@ -261,3 +261,61 @@ fn sparse_attention_flags_reach_the_model() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Deserialize)]
+struct RopeOverrides {
+    prompt: Vec<u32>,
+    cases: Vec<RopeOverrideCase>,
+}
+
+#[derive(Deserialize)]
+struct RopeOverrideCase {
+    rope_scaling: serde_json::Value,
+    last_logits: Vec<f32>,
+}
+
+/// qwen3-tiny stops at 256 positions; `--rope-scaling` YaRN x4 opens a
+/// 1024-token window, and the first greedy token of a 400-token prompt is
+/// the one transformers picks under the same override.
+#[test]
+fn rope_scaling_extends_the_window() -> anyhow::Result<()> {
+    let dir = fixture("qwen3-tiny");
+    let reference: RopeOverrides = serde_json::from_str(&std::fs::read_to_string(dir.join("rope_overrides.json"))?)?;
+    let yarn = reference
+        .cases
+        .iter()
+        .find(|c| c.rope_scaling["rope_type"] == "yarn")
+        .ok_or_else(|| anyhow::anyhow!("no yarn case"))?;
+    let expected = yarn
+        .last_logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i as u32, v) } else { best })
+        .0;
+    let ids: Vec<String> = reference.prompt.iter().map(u32::to_string).collect();
+    let ids = ids.join(",");
+    let override_json = yarn.rope_scaling.to_string();
+    let base = ["generate", "--model", dir.to_str().unwrap_or_default(), "--prompt-ids", &ids, "--max-tokens", "1", "--json"];
+    let run = |extra: &[&str]| ember(&[&base[..], extra].concat());
+
+    let refused = run(&[])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("maximum context length is 256"), "{stderr}");
+
+    let extended = run(&["--rope-scaling", &override_json, "--max-model-len", "1024"])?;
+    assert!(extended.status.success(), "{}", String::from_utf8_lossy(&extended.stderr));
+    let parsed: GenerateJson = serde_json::from_str(String::from_utf8(extended.stdout)?.lines().last().unwrap_or_default())?;
+    assert_eq!(parsed.token_ids, vec![expected]);
+
+    for (extra, says) in [
+        (&["--rope-scaling", &override_json, "--max-model-len", "2048"][..], "exceeds the model's window of 1024"),
+        (&["--rope-scaling", "{\"rope_type\":\"yarn\"}"][..], "`factor` is required"),
+        (&["--rope-scaling", "yarn"][..], "not valid JSON"),
+    ] {
+        let out = run(extra)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    }
+    Ok(())
+}

@@ -194,8 +194,20 @@ impl EngineHandle {
             KvCacheMemory::Tokens(t) => (t.div_ceil(config.block_size) as u64) * bytes_per_block,
             KvCacheMemory::FractionOfAvailable(f) => (available_memory()? as f64 * f.clamp(0.0, 1.0)) as u64,
         };
+        // The model's window (stretched by its RoPE scaling); a longer
+        // --max-model-len would run positions the model was never set up for,
+        // so it is refused as vLLM refuses it.
+        let model_window = model.config().context_window();
+        if let Some(asked) = config.max_model_len
+            && asked > model_window
+        {
+            return Err(EngineError::InvalidConfig(format!(
+                "max_model_len {asked} exceeds the model's window of {model_window} tokens \
+                 (max_position_embeddings stretched by its RoPE scaling); --rope-scaling extends it"
+            )));
+        }
         // More blocks than max_num_seqs full windows could never be used.
-        let window = config.max_model_len.unwrap_or(usize::MAX).min(model.config().max_position_embeddings);
+        let window = config.max_model_len.unwrap_or(model_window);
         let useful_blocks = config.max_num_seqs.saturating_mul(window.div_ceil(config.block_size));
         let num_blocks = ((budget / bytes_per_block) as usize).min(useful_blocks);
         if num_blocks == 0 {
@@ -203,15 +215,7 @@ impl EngineHandle {
                 "a KV cache of {budget} bytes holds no block of {bytes_per_block} bytes"
             )));
         }
-        let max_model_len = [
-            Some(model.config().max_position_embeddings),
-            config.max_model_len,
-            Some(num_blocks * config.block_size),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(0);
+        let max_model_len = window.min(num_blocks * config.block_size);
         let info = EngineInfo {
             num_blocks,
             block_size: config.block_size,

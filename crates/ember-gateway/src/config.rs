@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_engine::{EngineConfig, EngineError, EngineObserver, GenerationDefaults};
+use ember_model::rope::RopeScalingOverride;
 use serde::Deserialize;
 
 use crate::state::Limits;
@@ -89,6 +90,9 @@ pub struct ModelSection {
     pub kv_cache_dtype: Option<String>,
     /// `q8_0` or `q4_0`: quantize float weights at load (CPU fast path).
     pub quantize: Option<String>,
+    /// Replaces the checkpoint's RoPE scaling, e.g.
+    /// `{ rope_type = "yarn", factor = 4.0, original_max_position_embeddings = 32768 }`.
+    pub rope_scaling: Option<RopeScalingOverride>,
 }
 
 /// `[attention]`: dense, or the block-sparse layout and its parameters
@@ -203,5 +207,18 @@ mod tests {
         assert!(typo.is_err());
         let empty = ServeConfig::from_toml("", path);
         assert_eq!(empty.ok(), Some(ServeConfig::default()));
+    }
+
+    #[test]
+    fn rope_scaling_is_checked_when_the_config_is_read() {
+        let path = Path::new("test.toml");
+        let yarn = ServeConfig::from_toml(
+            "[model]\nrope_scaling = { rope_type = \"yarn\", factor = 4, original_max_position_embeddings = 32768 }\n",
+            path,
+        );
+        let window = yarn.ok().and_then(|c| c.model.rope_scaling).and_then(|o| o.resolve(40_960).ok());
+        assert_eq!(window.map(|s| s.context_window(40_960)), Some(131_072));
+        let missing = ServeConfig::from_toml("[model]\nrope_scaling = { rope_type = \"yarn\" }\n", path);
+        assert!(missing.is_err_and(|e| format!("{e:#}").contains("factor")));
     }
 }

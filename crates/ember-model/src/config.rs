@@ -123,6 +123,12 @@ impl ModelConfig {
     }
 
     /// Number of query heads sharing one key/value head.
+    /// The usable context window: `max_position_embeddings`, stretched by
+    /// the RoPE scaling as vLLM derives it.
+    pub fn context_window(&self) -> usize {
+        self.rope.scaling.context_window(self.max_position_embeddings)
+    }
+
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }

@@ -35,6 +35,9 @@ pub enum ModelError {
         reason: String,
     },
 
+    #[error("--rope-scaling: {0}")]
+    InvalidRopeScaling(String),
+
     #[error("{path}: unsupported model_type `{model_type}` (supported: qwen3, qwen2, llama)")]
     UnknownModelType { path: PathBuf, model_type: String },
 

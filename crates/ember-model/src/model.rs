@@ -22,7 +22,7 @@ use crate::cpu::ops::add_rms_norm;
 use crate::cpu::tensor::{from_vec, into_host_vec};
 use crate::mlp::{Mlp, MlpBuffers, MlpHost};
 use crate::norm::RmsNorm;
-use crate::rope::RotaryEmbedding;
+use crate::rope::{RopeScalingOverride, RotaryEmbedding};
 use crate::safetensors_source::SafetensorsSource;
 use crate::sparse::SparseLayout;
 use crate::weights::{Loader, WeightSource};
@@ -105,7 +105,7 @@ pub struct CausalLm {
 }
 
 /// How a model is run, beyond its device and dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Use the CPU fast path when the device is flex and the dtype f32
     /// (quantized weights kept in blocks, host KV pool, paged attention).
@@ -119,6 +119,8 @@ pub struct LoadOptions {
     pub quantize: Option<QuantType>,
     /// Block-sparse attention for long inputs; `None` is dense.
     pub sparse: Option<SparseLayout>,
+    /// Replaces the checkpoint's RoPE scaling (and so its window).
+    pub rope_scaling: Option<RopeScalingOverride>,
 }
 
 impl Default for LoadOptions {
@@ -128,6 +130,7 @@ impl Default for LoadOptions {
             kv_cache_dtype: KvDtype::F32,
             quantize: None,
             sparse: None,
+            rope_scaling: None,
         }
     }
 }
@@ -159,7 +162,7 @@ impl CausalLm {
     }
 
     pub fn load_with(
-        config: ModelConfig,
+        mut config: ModelConfig,
         source: &dyn WeightSource,
         device: &Device,
         dtype: DType,
@@ -170,6 +173,11 @@ impl CausalLm {
                 dtype: format!("{dtype:?}"),
                 device: format!("{device:?}"),
             });
+        }
+        if let Some(rope_scaling) = &options.rope_scaling {
+            config.rope.scaling = rope_scaling
+                .resolve(config.max_position_embeddings)
+                .map_err(ModelError::InvalidRopeScaling)?;
         }
         let loader = Loader {
             source,
@@ -221,8 +229,8 @@ impl CausalLm {
     }
 
     /// The options in effect (the fast path only where it applies).
-    pub fn options(&self) -> LoadOptions {
-        self.options
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
     }
 
     /// Which code computes the model, for start-up reports.
@@ -302,6 +310,7 @@ impl CausalLm {
         let bs = pool.block_size();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
+        let mut seq_lens = Vec::new();
         let mut write_slots = Vec::new();
         let mut sequences = Vec::with_capacity(batch.len());
         for seq in batch {
@@ -332,6 +341,7 @@ impl CausalLm {
                 let p = seq.past_len + i;
                 ids.push(t);
                 positions.push(p);
+                seq_lens.push(total);
                 write_slots.push(seq.block_table[p / bs] as usize * bs + p % bs);
             }
             sequences.push(SequenceView {
@@ -354,7 +364,7 @@ impl CausalLm {
 
         // 2. Embeddings and per-token rotary tables.
         let mut hidden = self.embed_tokens.lookup(&ids, &self.device);
-        let (cos, sin) = self.rotary.cos_sin(&positions);
+        let (cos, sin) = self.rotary.cos_sin(&positions, &seq_lens);
 
         // 3. Pre-norm decoder layers with residuals, then the final norm.
         let host = self.host_layers().zip(pool.host_mut());

@@ -120,6 +120,66 @@ impl RopeScaling {
     }
 }
 
+impl RopeScaling {
+    /// The usable context window, derived as vLLM does
+    /// (`_get_and_verify_max_len` in vllm/config.py): YaRN stretches its
+    /// original window by `factor`, linear and dynamic NTK stretch
+    /// `max_position_embeddings` by it, and Llama 3 (whose config already
+    /// states the long window) leaves it as is.
+    pub fn context_window(&self, max_position_embeddings: usize) -> usize {
+        let stretch = |window: usize, factor: f64| (window as f64 * factor) as usize;
+        match self {
+            Self::Default | Self::Llama3 { .. } => max_position_embeddings,
+            Self::Linear { factor } | Self::Dynamic { factor, .. } => stretch(max_position_embeddings, *factor),
+            Self::Yarn {
+                factor,
+                original_max_position_embeddings,
+                ..
+            } => stretch(*original_max_position_embeddings, *factor),
+        }
+    }
+}
+
+/// A `rope_scaling` object given at load time (`--rope-scaling`, in vLLM's
+/// spelling, or `rope_scaling` under `[model]`) that replaces the
+/// checkpoint's, so a window can be extended without editing model files.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "Value")]
+pub struct RopeScalingOverride(Map<String, Value>);
+
+impl RopeScalingOverride {
+    /// The scaling it names for a model whose config states `max_position_embeddings`.
+    pub fn resolve(&self, max_position_embeddings: usize) -> Result<RopeScaling, String> {
+        RopeScaling::from_params(&self.0, max_position_embeddings)
+    }
+}
+
+impl TryFrom<Value> for RopeScalingOverride {
+    type Error = String;
+
+    /// Checks the object against a nominal window, so a typo is refused when
+    /// the flag or the config is read rather than at load.
+    fn try_from(value: Value) -> Result<Self, String> {
+        match value {
+            Value::Object(map) => {
+                let parsed = Self(map);
+                parsed.resolve(1)?;
+                Ok(parsed)
+            }
+            _ => Err("must be a JSON object such as {\"rope_type\":\"yarn\",\"factor\":4}".into()),
+        }
+    }
+}
+
+impl std::str::FromStr for RopeScalingOverride {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        Self::try_from(value)
+    }
+}
+
 impl RopeConfig {
     /// Inverse frequencies (one per rotated pair) and the factor multiplying
     /// cos and sin, for a forward pass whose largest position is `seq_len - 1`.
@@ -209,33 +269,63 @@ impl RopeConfig {
     }
 
     /// cos and sin rows (`[len, head_dim]`, halves duplicated as in rotate-half)
-    /// for positions `0..len`, computed as Hugging Face does: f32 frequencies
-    /// times f32 positions.
+    /// for positions `0..len`.
     fn tables(&self, len: usize, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
-        let (inv_freq, attention_factor) = self.inv_freq(seq_len);
-        let inv_freq: Vec<f32> = inv_freq.into_iter().map(|f| f as f32).collect();
-        let half = inv_freq.len();
+        let frequencies = self.frequencies(seq_len);
         let mut cos = Vec::with_capacity(len * self.head_dim);
         let mut sin = Vec::with_capacity(len * self.head_dim);
         for pos in 0..len {
-            let row_start = cos.len();
-            for &f in &inv_freq {
-                let angle = f64::from(pos as f32 * f);
-                cos.push((angle.cos() * attention_factor) as f32);
-                sin.push((angle.sin() * attention_factor) as f32);
-            }
-            cos.extend_from_within(row_start..row_start + half);
-            sin.extend_from_within(row_start..row_start + half);
+            frequencies.push_row(pos, &mut cos, &mut sin);
         }
         (cos, sin)
+    }
+
+    fn frequencies(&self, seq_len: usize) -> Frequencies {
+        let (inv_freq, attention_factor) = self.inv_freq(seq_len);
+        Frequencies {
+            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+            attention_factor,
+        }
+    }
+
+    /// The original window past which dynamic NTK grows its base; `None` for
+    /// every other kind, whose frequencies do not depend on the length.
+    fn dynamic_window(&self) -> Option<usize> {
+        match self.scaling {
+            RopeScaling::Dynamic {
+                max_position_embeddings,
+                ..
+            } => Some(max_position_embeddings),
+            _ => None,
+        }
+    }
+}
+
+/// One frequency set, as f32 the way Hugging Face multiplies it.
+struct Frequencies {
+    inv_freq: Vec<f32>,
+    attention_factor: f64,
+}
+
+impl Frequencies {
+    /// Appends the cos and sin rows of `pos`: f32 frequency times f32
+    /// position, as Hugging Face computes the angle.
+    fn push_row(&self, pos: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        let row_start = cos.len();
+        for &f in &self.inv_freq {
+            let angle = f64::from(pos as f32 * f);
+            cos.push((angle.cos() * self.attention_factor) as f32);
+            sin.push((angle.sin() * self.attention_factor) as f32);
+        }
+        let half = self.inv_freq.len();
+        cos.extend_from_within(row_start..row_start + half);
+        sin.extend_from_within(row_start..row_start + half);
     }
 }
 
 struct Tables {
     /// Positions covered.
     len: usize,
-    /// The `seq_len` the frequencies were computed for (matters for dynamic NTK only).
-    seq_len: usize,
     cos: Tensor<2>,
     sin: Tensor<2>,
 }
@@ -259,36 +349,60 @@ impl RotaryEmbedding {
     }
 
     /// Tables covering at least positions `0..end`, doubling so growth is rare.
-    fn build(&self, end: usize, seq_len: usize) -> Tables {
+    fn build(&self, end: usize) -> Tables {
+        // Within the window dynamic NTK's frequencies are those at the window.
+        let seq_len = self.config.dynamic_window().unwrap_or(0);
         let len = end.next_power_of_two().max(64);
         let (cos, sin) = self.config.tables(len, seq_len);
         let shape = [len, self.config.head_dim];
         let opts = (&self.device, self.dtype);
         Tables {
             len,
-            seq_len,
             cos: Tensor::from_data(TensorData::new(cos, shape), opts),
             sin: Tensor::from_data(TensorData::new(sin, shape), opts),
         }
     }
 
-    /// cos and sin rows (`[n, head_dim]`) for the given positions.
-    pub fn cos_sin(&self, positions: &[usize]) -> (Tensor<2>, Tensor<2>) {
+    /// cos and sin rows (`[n, head_dim]`) for the given positions;
+    /// `seq_lens[i]` is the length of the sequence token `i` belongs to in
+    /// this step (its largest position + 1).
+    ///
+    /// Dynamic NTK depends on that length, as in Hugging Face, where each
+    /// forward pass computes its frequencies from its own length. Past the
+    /// original window its rows are computed per sequence, so a batch-mate's
+    /// length never changes another sequence's positions; below it, and for
+    /// every other kind, one lazily grown table serves all.
+    pub fn cos_sin(&self, positions: &[usize], seq_lens: &[usize]) -> (Tensor<2>, Tensor<2>) {
+        let head_dim = self.config.head_dim;
+        if let Some(window) = self.config.dynamic_window()
+            && seq_lens.iter().any(|&len| len > window)
+        {
+            let mut cos = Vec::with_capacity(positions.len() * head_dim);
+            let mut sin = Vec::with_capacity(positions.len() * head_dim);
+            let mut current: Option<(usize, Frequencies)> = None;
+            for (&pos, &len) in positions.iter().zip(seq_lens) {
+                let len = len.max(window);
+                if current.as_ref().is_none_or(|(l, _)| *l != len) {
+                    current = Some((len, self.config.frequencies(len)));
+                }
+                if let Some((_, frequencies)) = &current {
+                    frequencies.push_row(pos, &mut cos, &mut sin);
+                }
+            }
+            let shape = [positions.len(), head_dim];
+            let opts = (&self.device, self.dtype);
+            return (
+                Tensor::from_data(TensorData::new(cos, shape), opts),
+                Tensor::from_data(TensorData::new(sin, shape), opts),
+            );
+        }
         let end = positions.iter().copied().max().map_or(1, |p| p + 1);
-        // Only dynamic NTK frequencies depend on the length, and only past the window.
-        let seq_len = match self.config.scaling {
-            RopeScaling::Dynamic {
-                max_position_embeddings,
-                ..
-            } => end.max(max_position_embeddings),
-            _ => 0,
-        };
         // A poisoned lock only means another call panicked mid-build; the
         // tables are rebuilt below whenever they do not fit.
         let mut guard = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         let tables = match guard.take() {
-            Some(t) if t.len >= end && t.seq_len == seq_len => t,
-            _ => self.build(end, seq_len),
+            Some(t) if t.len >= end => t,
+            _ => self.build(end),
         };
         let (cos, sin) = (tables.cos.clone(), tables.sin.clone());
         *guard = Some(tables);
@@ -320,6 +434,8 @@ pub fn apply_rotary(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3>
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
 
     fn config(scaling: RopeScaling) -> RopeConfig {
@@ -389,5 +505,65 @@ mod tests {
         let p = serde_json::json!({"rope_type": "longrope", "factor": 2.0});
         let map = p.as_object().cloned().unwrap_or_default();
         assert!(RopeScaling::from_params(&map, 8).is_err_and(|e| e.contains("longrope")));
+    }
+
+    #[test]
+    fn context_window_is_derived_as_vllm_does() {
+        let yarn = RopeScalingOverride::from_str(r#"{"rope_type":"yarn","factor":4,"original_max_position_embeddings":32768}"#)
+            .and_then(|o| o.resolve(40_960));
+        assert_eq!(yarn.map(|s| s.context_window(40_960)), Ok(131_072));
+        let linear = RopeScaling::Linear { factor: 2.0 };
+        assert_eq!(linear.context_window(8192), 16_384);
+        let dynamic = RopeScaling::Dynamic {
+            factor: 8.0,
+            max_position_embeddings: 8192,
+        };
+        assert_eq!(dynamic.context_window(8192), 65_536);
+        let llama3 = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        assert_eq!(llama3.context_window(131_072), 131_072);
+        assert_eq!(RopeScaling::Default.context_window(4096), 4096);
+    }
+
+    #[test]
+    fn override_refuses_what_it_cannot_use() {
+        for (text, needle) in [
+            ("yarn", "not valid JSON"),
+            ("[1]", "JSON object"),
+            (r#"{"rope_type":"yarn"}"#, "factor"),
+            (r#"{"rope_type":"yarn","factor":-2}"#, "positive"),
+            (r#"{"rope_type":"longrope","factor":2}"#, "longrope"),
+            (r#"{"rope_type":"llama3","factor":8,"low_freq_factor":1,"high_freq_factor":4}"#, "original"),
+        ] {
+            let err = RopeScalingOverride::from_str(text).err().unwrap_or_default();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn dynamic_rows_depend_on_their_own_sequence_only() {
+        let rotary = RotaryEmbedding::new(
+            config(RopeScaling::Dynamic {
+                factor: 2.0,
+                max_position_embeddings: 16,
+            }),
+            &Device::flex(),
+            DType::F32,
+        );
+        let rows = |positions: &[usize], lens: &[usize]| -> Vec<f32> {
+            let (cos, _) = rotary.cos_sin(positions, lens);
+            cos.into_data().try_to_vec::<f32>().unwrap_or_default()
+        };
+        // Position 5 of a 6-token sequence: inside the window, whatever the batch holds.
+        let alone = rows(&[5], &[6]);
+        let batched = rows(&[5, 39], &[6, 40]);
+        assert_eq!(alone[..], batched[..8]);
+        // Position 39 of a 40-token sequence uses the grown base, batched or not.
+        assert_eq!(rows(&[39], &[40])[..], batched[8..]);
+        assert_ne!(batched[8..], rows(&[39], &[16])[..]);
     }
 }

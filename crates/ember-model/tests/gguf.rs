@@ -295,7 +295,7 @@ fn in_situ_q8_0_matches_the_q8_0_gguf() -> anyhow::Result<()> {
         quantize: Some(QuantType::Q8_0),
         ..LoadOptions::default()
     };
-    let isq = CausalLm::load_with(config, &source, &Device::flex(), DType::F32, options)?;
+    let isq = CausalLm::load_with(config, &source, &Device::flex(), DType::F32, options.clone())?;
     let gguf = CausalLm::from_gguf(&GgufFile::open(&root.join("gguf/qwen3-tiny.q8_0.gguf"))?, &Device::flex(), DType::F32)?;
     let prompt: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
     let a: Vec<f32> = isq.logits(&prompt)?.into_data().try_to_vec()?;

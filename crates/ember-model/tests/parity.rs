@@ -413,3 +413,56 @@ fn sharded_checkpoint_matches_single_file() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Deserialize)]
+struct RopeOverrides {
+    prompt: Vec<u32>,
+    cases: Vec<RopeOverrideCase>,
+}
+
+#[derive(Deserialize)]
+struct RopeOverrideCase {
+    rope_scaling: serde_json::Value,
+    last_logits: Vec<f32>,
+}
+
+/// `--rope-scaling` overrides (YaRN, linear, dynamic NTK) on qwen3-tiny,
+/// whose checkpoint stops at 256 positions, against transformers under the
+/// same override (scripts/make_rope_override_reference.py) on a 400-token
+/// prompt. YaRN and linear also match through chunked prefill; dynamic NTK
+/// takes each pass's own length, as Hugging Face does, so only its one-pass
+/// logits compare.
+#[test]
+fn rope_scaling_overrides_match_transformers_past_the_window() -> anyhow::Result<()> {
+    let dir = fixture_dir("qwen3-tiny");
+    let reference: RopeOverrides = serde_json::from_str(&std::fs::read_to_string(dir.join("rope_overrides.json"))?)?;
+    assert!(reference.prompt.len() > 256);
+    for path in [Path::Fast, Path::Generic] {
+        for case in &reference.cases {
+            let kind = case.rope_scaling["rope_type"].as_str().unwrap_or_default().to_owned();
+            let options = LoadOptions {
+                cpu_fast_path: path == Path::Fast,
+                rope_scaling: Some(serde_json::from_value(case.rope_scaling.clone())?),
+                ..LoadOptions::default()
+            };
+            let model = CausalLm::from_dir_with(&dir, &test_device(), DType::F32, options)?;
+            let window = match kind.as_str() {
+                "linear" => 512,
+                _ => 1024,
+            };
+            assert_eq!(model.config().context_window(), window, "{kind}");
+            let got = rows(model.logits(&reference.prompt)?)?;
+            let last = got.last().ok_or_else(|| anyhow::anyhow!("no rows"))?;
+            assert_close(&format!("{kind} override, one pass, {path:?}"), last, &case.last_logits);
+            if kind != "dynamic" {
+                let mut cache = model.new_cache();
+                let mut chunk_rows = Vec::new();
+                for chunk in reference.prompt.chunks(64) {
+                    chunk_rows = step(&model, &mut cache, chunk, LogitsMode::Last)?;
+                }
+                assert_close(&format!("{kind} override, chunked, {path:?}"), &chunk_rows[0], &case.last_logits);
+            }
+        }
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! from the `[attention]` table of `ember serve --config`.
 
 use anyhow::{Result, bail};
+use ember_engine::MarkerPolicy;
 use ember_model::sparse::SparseLayout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +35,10 @@ pub struct AttentionArgs {
     /// Queries before this position attend densely [default: 4096].
     #[arg(long)]
     pub sparse_dense_below: Option<usize>,
+    /// Keep `[IMPORTANT]` / `[/IMPORTANT]` in the prompt text instead of
+    /// removing them (their spans are global either way).
+    #[arg(long)]
+    pub keep_markers: bool,
 }
 
 impl AttentionArgs {
@@ -46,6 +51,7 @@ impl AttentionArgs {
             ("sparse_sinks", self.sparse_sinks),
             ("sparse_stride", self.sparse_stride),
             ("sparse_dense_below", self.sparse_dense_below),
+            ("keep_markers", self.keep_markers.then_some(1)),
         ];
         if self.attention != Some(AttentionChoice::Sparse) {
             if let Some((name, _)) = given.iter().find(|(_, v)| v.is_some()) {
@@ -65,6 +71,14 @@ impl AttentionArgs {
             bail!("sparse_block must be positive");
         }
         Ok(Some(layout))
+    }
+
+    /// What `[IMPORTANT]` markers do: global spans under sparse attention,
+    /// plain text under dense (`None`).
+    pub fn markers(&self) -> Result<Option<MarkerPolicy>> {
+        Ok(self.layout()?.map(|_| MarkerPolicy {
+            keep_markers: self.keep_markers,
+        }))
     }
 }
 

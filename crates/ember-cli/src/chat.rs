@@ -35,7 +35,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let engine = EngineHandle::start(loaded, args.engine.single_sequence_config()?)?;
     let model = engine.model();
     let defaults = model.generation_defaults.sampling();
-    let (Some(tokenizer), Some(template)) = (&model.tokenizer, &model.chat_template) else {
+    let (Some(_), Some(template)) = (&model.tokenizer, &model.chat_template) else {
         bail!("{}: chat needs a tokenizer and a chat template", model.path.display());
     };
     let interactive = std::io::stdin().is_terminal();
@@ -74,13 +74,13 @@ pub fn run(args: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        history.push(json!({"role": "user", "content": line}));
+        history.push(json!({"role": "user", "content": model.mark_important(&line)}));
         let rendered = template.render(RenderOptions {
             messages: &history,
             tools: None::<&[Value]>,
             add_generation_prompt: true,
         })?;
-        let prompt = tokenizer.encode(&rendered, false)?;
+        let prompt = model.encode_prompt(&rendered, false)?;
         let request = GenerationRequest {
             max_tokens: Some(args.max_tokens),
             sampling: SamplingParams {
@@ -89,7 +89,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 ..defaults.clone()
             },
             stop_token_ids: model.chat_stop_ids(),
-            ..GenerationRequest::new(prompt)
+            global_spans: prompt.global_spans,
+            ..GenerationRequest::new(prompt.ids)
         };
         seed = seed.wrapping_add(1);
         // Earlier turns are in the prefix cache: only the new turn is prefilled.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use ember_engine::{
-    EngineHandle, FinishReason, GenerationEvent, GenerationRequest, ModelInfo, RenderOptions, SamplingParams,
+    EncodedPrompt, EngineHandle, FinishReason, GenerationEvent, GenerationRequest, ModelInfo, RenderOptions, SamplingParams,
 };
 use serde_json::json;
 
@@ -46,40 +46,46 @@ pub struct GenerateArgs {
     json: bool,
 }
 
-/// The prompt as token ids, from ids, plain text, or text in a chat turn.
-fn prompt_ids(args: &GenerateArgs, model: &ModelInfo) -> Result<Vec<u32>> {
+/// The prompt as token ids, from ids, plain text, or text in a chat turn;
+/// text keeps its `[IMPORTANT]` spans under sparse attention.
+fn prompt(args: &GenerateArgs, model: &ModelInfo) -> Result<EncodedPrompt> {
     if let Some(ids) = &args.prompt_ids {
-        return Ok(ids.clone());
+        return Ok(EncodedPrompt {
+            ids: ids.clone(),
+            global_spans: Vec::new(),
+        });
     }
     let Some(text) = &args.prompt else {
         bail!("give --prompt or --prompt-ids");
     };
-    let Some(tokenizer) = &model.tokenizer else {
+    if model.tokenizer.is_none() {
         bail!(
             "{}: no tokenizer.json, so --prompt cannot be used; pass --prompt-ids",
             model.path.display()
         );
-    };
+    }
+    let text = model.mark_important(text);
     if !args.chat {
-        return Ok(tokenizer.encode(text, true)?);
+        return Ok(model.encode_prompt(&text, true)?);
     }
     let Some(template) = &model.chat_template else {
         bail!("{}: the model has no chat template, so --chat cannot be used", model.path.display());
     };
     let rendered = template.render(RenderOptions {
-        messages: &[json!({"role": "user", "content": text})],
+        messages: &[json!({"role": "user", "content": text.as_ref()})],
         tools: None::<&[serde_json::Value]>,
         add_generation_prompt: true,
     })?;
     // The rendered template already holds its special tokens.
-    Ok(tokenizer.encode(&rendered, false)?)
+    Ok(model.encode_prompt(&rendered, false)?)
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let load_start = Instant::now();
     let loaded = args.model.load()?;
     let load_time = load_start.elapsed();
-    let prompt_ids = prompt_ids(&args, &loaded.info)?;
+    let prompt = prompt(&args, &loaded.info)?;
+    let prompt_ids = prompt.ids.clone();
     let stop_token_ids = if args.chat && !args.ignore_eos {
         loaded.info.chat_stop_ids()
     } else {
@@ -97,7 +103,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         },
         stop_token_ids,
         ignore_eos: args.ignore_eos,
-        ..GenerationRequest::new(prompt_ids.clone())
+        global_spans: prompt.global_spans,
+        ..GenerationRequest::new(prompt.ids)
     };
 
     let start = Instant::now();

@@ -48,8 +48,10 @@ impl ModelArgs {
         let mut options = self.cpu.apply()?;
         options.sparse = self.attention.layout()?;
         options.rope_scaling = self.rope_scaling.clone();
-        LoadedModel::open_with(&path, &device, self.dtype.dtype(), options)
-            .with_context(|| format!("loading model from {}", path.display()))
+        let mut loaded = LoadedModel::open_with(&path, &device, self.dtype.dtype(), options)
+            .with_context(|| format!("loading model from {}", path.display()))?;
+        loaded.info.markers = self.attention.markers()?;
+        Ok(loaded)
     }
 }
 

@@ -92,6 +92,9 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
     a.sinks = args.attention.sparse_sinks.or(a.sinks);
     a.stride = args.attention.sparse_stride.or(a.stride);
     a.dense_below = args.attention.sparse_dense_below.or(a.dense_below);
+    if args.attention.keep_markers {
+        a.keep_markers = Some(true);
+    }
     args.engine.overlay(&mut c.engine);
     Ok(c)
 }
@@ -126,15 +129,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     .apply()?;
     let a = &c.attention;
-    load_options.sparse = AttentionArgs {
+    let attention = AttentionArgs {
         attention: parse_choice::<AttentionChoice>(a.mode.as_deref(), "attention mode")?,
         sparse_block: a.block,
         sparse_local: a.local,
         sparse_sinks: a.sinks,
         sparse_stride: a.stride,
         sparse_dense_below: a.dense_below,
-    }
-    .layout()?;
+        keep_markers: a.keep_markers.unwrap_or(false),
+    };
+    load_options.sparse = attention.layout()?;
+    let markers = attention.markers()?;
     load_options.rope_scaling = c.model.rope_scaling.clone();
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
     let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
@@ -149,7 +154,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let loaded = LoadedModel::open_with(&model_path, &device, dtype.dtype(), load_options)
             .with_context(|| format!("loading model from {}", model_path.display()))
-            .and_then(|loaded| Ok(EngineHandle::start(loaded, engine_config)?));
+            .and_then(|mut loaded| {
+                loaded.info.markers = markers;
+                Ok(EngineHandle::start(loaded, engine_config)?)
+            });
         match loaded {
             Ok(engine) => {
                 tracing::info!("{}", engine.info());

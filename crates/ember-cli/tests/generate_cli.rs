@@ -252,6 +252,7 @@ fn sparse_attention_flags_reach_the_model() -> anyhow::Result<()> {
 
     for (extra, says) in [
         (&["--sparse-local", "3"][..], "sparse_local"),
+        (&["--keep-markers"][..], "keep_markers is set but attention is dense"),
         (&["--attention", "sparse", "--sparse-block", "24"][..], "sparse_block must be a positive multiple of the KV block size 16"),
     ] {
         let out = run(extra)?;

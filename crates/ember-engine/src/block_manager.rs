@@ -1,13 +1,18 @@
 //! Which KV pool blocks are free, in use, or holding a cached prefix.
 //!
 //! A full block is identified by a hash of (its parent block's hash, its
-//! token ids), so equal prefixes hash equally and a new request can take
-//! over the blocks of the longest prefix already computed. Blocks nobody
+//! token ids, the part of the prompt's global spans inside it), so equal
+//! prefixes hash equally and a new request can take over the blocks of the
+//! longest prefix already computed. The spans count because under sparse
+//! attention they change what every later position attends to, and so the
+//! keys and values computed there: a prefix computed under other spans is
+//! a different prefix. Blocks nobody
 //! references keep their contents and stay findable until they are needed
 //! for something else, least recently used first.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub type BlockId = u32;
@@ -39,6 +44,7 @@ struct CachedKey {
     parent: u64,
     /// Kept to rule out hash collisions on lookup.
     tokens: Vec<u32>,
+    spans: Vec<Range<usize>>,
 }
 
 pub struct BlockManager {
@@ -136,14 +142,18 @@ impl BlockManager {
     /// The blocks caching the longest prefix of `tokens`, in whole blocks
     /// and at most `max_blocks`, each now referenced by the caller; with
     /// their hashes for chaining the next block.
-    pub fn match_prefix(&mut self, tokens: &[u32], max_blocks: usize) -> Vec<(BlockId, u64)> {
+    pub fn match_prefix(&mut self, tokens: &[u32], global_spans: &[Range<usize>], max_blocks: usize) -> Vec<(BlockId, u64)> {
         let mut found = Vec::new();
         let mut parent = ROOT_HASH;
-        for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
-            let hash = block_hash(parent, chunk);
+        for (b, chunk) in tokens.chunks_exact(self.block_size).take(max_blocks).enumerate() {
+            let spans = spans_within(global_spans, b * self.block_size..(b + 1) * self.block_size);
+            let hash = block_hash(parent, chunk, &spans);
             let Some(&block) = self.by_hash.get(&hash) else { break };
             let meta = &self.blocks[block as usize];
-            let same = meta.cached.as_ref().is_some_and(|k| k.parent == parent && k.tokens == chunk);
+            let same = meta
+                .cached
+                .as_ref()
+                .is_some_and(|k| k.parent == parent && k.tokens == chunk && k.spans == spans);
             if !same {
                 break;
             }
@@ -157,18 +167,21 @@ impl BlockManager {
         found
     }
 
-    /// Makes a block that now holds `tokens` (a full block after `parent`)
-    /// findable, and returns its hash. If an equal block is already cached
-    /// (two sequences computed the same prefix), the existing one stays and
-    /// this block is left out of the cache.
-    pub fn register_full(&mut self, block: BlockId, parent: u64, tokens: &[u32]) -> u64 {
-        let hash = block_hash(parent, tokens);
+    /// Makes a block that now holds `tokens` (the sequence's `index`-th
+    /// full block, after `parent`) findable, and returns its hash. If an
+    /// equal block is already cached (two sequences computed the same
+    /// prefix), the existing one stays and this block is left out of the
+    /// cache.
+    pub fn register_full(&mut self, block: BlockId, parent: u64, index: usize, tokens: &[u32], global_spans: &[Range<usize>]) -> u64 {
+        let spans = spans_within(global_spans, index * self.block_size..(index + 1) * self.block_size);
+        let hash = block_hash(parent, tokens, &spans);
         if let std::collections::hash_map::Entry::Vacant(slot) = self.by_hash.entry(hash) {
             slot.insert(block);
             self.blocks[block as usize].cached = Some(CachedKey {
                 hash,
                 parent,
                 tokens: tokens.to_vec(),
+                spans,
             });
         }
         hash
@@ -248,10 +261,22 @@ impl Drop for BlockTable {
     }
 }
 
-fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
+/// The parts of `spans` inside `block`, relative to its start.
+fn spans_within(spans: &[Range<usize>], block: Range<usize>) -> Vec<Range<usize>> {
+    spans
+        .iter()
+        .filter(|s| s.start < block.end && s.end > block.start)
+        .map(|s| s.start.max(block.start) - block.start..s.end.min(block.end) - block.start)
+        .collect()
+}
+
+fn block_hash(parent: u64, tokens: &[u32], spans: &[Range<usize>]) -> u64 {
     let mut h = DefaultHasher::new();
     parent.hash(&mut h);
     tokens.hash(&mut h);
+    if !spans.is_empty() {
+        spans.hash(&mut h);
+    }
     // Keep ROOT_HASH for "no parent".
     h.finish().max(1)
 }
@@ -262,11 +287,15 @@ mod tests {
 
     /// Allocates and registers `tokens` as consecutive full blocks.
     fn cache_blocks(m: &mut BlockManager, tokens: &[u32]) -> Vec<BlockId> {
+        cache_blocks_with_spans(m, tokens, &[])
+    }
+
+    fn cache_blocks_with_spans(m: &mut BlockManager, tokens: &[u32], spans: &[Range<usize>]) -> Vec<BlockId> {
         let mut parent = ROOT_HASH;
         let mut table = Vec::new();
-        for chunk in tokens.chunks_exact(m.block_size()) {
+        for (i, chunk) in tokens.chunks_exact(m.block_size()).enumerate() {
             let b = m.allocate().unwrap_or(BlockId::MAX);
-            parent = m.register_full(b, parent, chunk);
+            parent = m.register_full(b, parent, i, chunk, spans);
             table.push(b);
         }
         table
@@ -280,11 +309,11 @@ mod tests {
             assert_eq!(m.release(b), Ok(()));
         }
         assert_eq!(m.num_available(), 8);
-        let hit = m.match_prefix(&[1, 2, 3, 4, 9, 9], 3);
+        let hit = m.match_prefix(&[1, 2, 3, 4, 9, 9], &[], 3);
         assert_eq!(hit.len(), 2);
         assert_eq!(m.num_used(), 2);
         // Same second block after a different first block: no match.
-        assert!(m.match_prefix(&[7, 7, 3, 4], 2).is_empty());
+        assert!(m.match_prefix(&[7, 7, 3, 4], &[], 2).is_empty());
     }
 
     #[test]
@@ -298,8 +327,8 @@ mod tests {
         assert!(fresh.is_some() && fresh != Some(a[0]) && fresh != Some(b[0]));
         // Next allocation evicts a (released first); b stays findable.
         assert_eq!(m.allocate(), Some(a[0]));
-        assert!(m.match_prefix(&[10], 1).is_empty());
-        assert_eq!(m.match_prefix(&[20], 1).len(), 1);
+        assert!(m.match_prefix(&[10], &[], 1).is_empty());
+        assert_eq!(m.match_prefix(&[20], &[], 1).len(), 1);
         assert_eq!(m.allocate(), None);
     }
 
@@ -320,7 +349,7 @@ mod tests {
     fn shared_blocks_are_freed_only_by_their_last_reference() {
         let mut m = BlockManager::new(2, 1);
         let t = cache_blocks(&mut m, &[5]);
-        let shared = m.match_prefix(&[5], 1);
+        let shared = m.match_prefix(&[5], &[], 1);
         assert_eq!(shared[0].0, t[0]);
         assert_eq!(m.release(t[0]), Ok(()));
         assert_eq!(m.num_used(), 1);
@@ -355,9 +384,9 @@ mod tests {
         let shared = SharedBlocks::new(BlockManager::new(4, 1));
         let mut table = shared.table();
         let mut parent = ROOT_HASH;
-        for t in [1, 2, 3, 4] {
+        for (i, t) in [1, 2, 3, 4].into_iter().enumerate() {
             let b = shared.lock().allocate().unwrap_or(BlockId::MAX);
-            parent = shared.lock().register_full(b, parent, &[t]);
+            parent = shared.lock().register_full(b, parent, i, &[t], &[]);
             table.push(b);
         }
         drop(table);
@@ -365,7 +394,23 @@ mod tests {
         let taken = shared.lock().allocate_n(2);
         assert!(taken.is_ok());
         let mut m = shared.lock();
-        let hit = m.match_prefix(&[1, 2, 3, 4], 4);
+        let hit = m.match_prefix(&[1, 2, 3, 4], &[], 4);
         assert_eq!(hit.len(), 2, "the first two blocks of the prefix stay findable");
+    }
+
+    /// Spans change what later positions attend to, so a prefix computed
+    /// under other spans is not reused; blocks before the first difference are.
+    #[test]
+    fn global_spans_are_part_of_a_prefix() {
+        let mut m = BlockManager::new(8, 2);
+        let tokens = [1, 2, 3, 4, 5, 6];
+        let table = cache_blocks_with_spans(&mut m, &tokens, &[3..4]);
+        for b in table {
+            assert!(m.release(b).is_ok());
+        }
+        assert_eq!(m.match_prefix(&tokens, &[3..4], 3).len(), 3, "same spans: the whole prefix");
+        assert_eq!(m.match_prefix(&tokens, &[], 3).len(), 1, "no spans: only the block before the span");
+        assert_eq!(m.match_prefix(&tokens, &[2..4], 3).len(), 1, "a span starting earlier");
+        assert_eq!(m.match_prefix(&tokens, &[3..4, 5..6], 3).len(), 2, "a later span adds from its block on");
     }
 }

@@ -5,6 +5,7 @@
 //! when every handle is dropped and the last request is done.
 
 use std::pin::Pin;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::error::{EngineError, Result};
 use crate::generation_defaults::GenerationDefaults;
+use crate::important;
 use crate::loaded_model::{LoadedModel, ModelInfo};
 use crate::metrics::{EngineObserver, EngineStats, StatsSnapshot};
 use crate::output::{EngineEvent, OutputProcessor};
@@ -287,6 +289,7 @@ impl EngineHandle {
         let stop_ids: Arc<[u32]> = stop_ids.into();
         // Built once and shared by the choices: it sorts the prompt.
         let history = TokenHistory::new(&request.prompt);
+        let global_spans: Arc<[Range<usize>]> = important::normalize(&request.global_spans, request.prompt.len()).into();
         let signals = Arc::new(StopSignals::new(request.n));
         let sequences = (0..request.n)
             .map(|index| {
@@ -294,6 +297,7 @@ impl EngineHandle {
                     group: id,
                     index,
                     prompt: request.prompt.clone(),
+                    global_spans: global_spans.clone(),
                     history: history.clone(),
                     max_tokens,
                     stop_ids: stop_ids.clone(),

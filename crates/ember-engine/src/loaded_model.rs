@@ -2,6 +2,8 @@
 //! template when it has them, and the ids that end generation. Opened from a
 //! Hugging Face directory or a GGUF file.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -13,6 +15,7 @@ use crate::chat_template::ChatTemplate;
 use crate::error::{EngineError, Result};
 use crate::generation_defaults::GenerationDefaults;
 use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::important::{self, MarkerPolicy};
 use crate::structured::GrammarCompiler;
 use crate::tokenizer::TextTokenizer;
 
@@ -39,13 +42,60 @@ pub struct ModelInfo {
     pub config: ModelConfig,
     /// Sampling values for fields a request leaves out.
     pub generation_defaults: GenerationDefaults,
+    /// Set when attention is sparse: `[IMPORTANT]` markers then become
+    /// global spans. `None` (dense) leaves them as plain text.
+    pub markers: Option<MarkerPolicy>,
     /// Built on first use (`ember serve` asks for it right after loading):
     /// the token trie takes about a second on a 150K-token vocabulary, which
     /// `generate`, `chat` and the tests need not pay.
     grammar_compiler: OnceLock<std::result::Result<Arc<GrammarCompiler>, String>>,
 }
 
+/// A prompt's token ids and its global spans (token positions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedPrompt {
+    pub ids: Vec<u32>,
+    pub global_spans: Vec<Range<usize>>,
+}
+
 impl ModelInfo {
+    /// One text as a client wrote it (a message's content, a completions
+    /// prompt), its `[IMPORTANT]` markers readied to become global spans
+    /// when attention is sparse; unchanged when it is dense.
+    pub fn mark_important<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.markers {
+            Some(_) => important::mark(text),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// Tokenizes a prompt built from texts passed through `mark_important`
+    /// (rendered through a chat template or not), with its global spans.
+    pub fn encode_prompt(&self, text: &str, add_special_tokens: bool) -> Result<EncodedPrompt> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| EngineError::Encode("the model has no tokenizer".into()))?;
+        let Some(policy) = self.markers else {
+            return Ok(EncodedPrompt {
+                ids: tokenizer.encode(text, add_special_tokens)?,
+                global_spans: Vec::new(),
+            });
+        };
+        let (text, byte_spans) = important::take_spans(text, policy.keep_markers);
+        if byte_spans.is_empty() {
+            return Ok(EncodedPrompt {
+                ids: tokenizer.encode(&text, add_special_tokens)?,
+                global_spans: Vec::new(),
+            });
+        }
+        let (ids, offsets) = tokenizer.encode_with_offsets(&text, add_special_tokens)?;
+        Ok(EncodedPrompt {
+            global_spans: important::token_spans(&offsets, &byte_spans),
+            ids,
+        })
+    }
+
     /// Stop ids for chat: the eos ids plus `<|im_end|>` when the vocabulary has it.
     pub fn chat_stop_ids(&self) -> Vec<u32> {
         let mut ids = self.eos_token_ids.clone();
@@ -126,6 +176,7 @@ impl LoadedModel {
             path: dir.to_owned(),
             config: model.config().clone(),
             generation_defaults,
+            markers: model.options().sparse.map(|_| MarkerPolicy::default()),
             grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
@@ -174,6 +225,7 @@ impl LoadedModel {
             } else {
                 GenerationDefaults::default()
             },
+            markers: model.options().sparse.map(|_| MarkerPolicy::default()),
             grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })

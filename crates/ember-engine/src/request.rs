@@ -1,5 +1,6 @@
 //! What a caller hands the engine and what it gets back.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::sampling::{LogitsProcessorFactory, SamplingParams, TokenLogprob};
@@ -21,6 +22,9 @@ pub struct GenerationRequest {
     pub n: usize,
     /// Constrained decoding, applied to every choice.
     pub logits_processor: Option<Arc<dyn LogitsProcessorFactory>>,
+    /// Prompt positions every later query sees under sparse attention
+    /// (`[IMPORTANT]` spans); ignored by dense attention.
+    pub global_spans: Vec<Range<usize>>,
 }
 
 impl GenerationRequest {
@@ -34,6 +38,7 @@ impl GenerationRequest {
             ignore_eos: false,
             n: 1,
             logits_processor: None,
+            global_spans: Vec::new(),
         }
     }
 }
@@ -46,6 +51,7 @@ impl std::fmt::Debug for GenerationRequest {
             .field("sampling", &self.sampling)
             .field("stop", &self.stop)
             .field("n", &self.n)
+            .field("global_spans", &self.global_spans)
             .field("constrained", &self.logits_processor.is_some())
             .finish()
     }

@@ -51,6 +51,16 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// As `encode`, with each token's byte range in `text` (`(0, 0)` for
+    /// tokens the post-processor adds).
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| EngineError::Encode(e.to_string()))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
     /// The id of a token written exactly as `token` (special tokens included).
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

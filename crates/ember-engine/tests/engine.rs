@@ -567,3 +567,67 @@ fn generation_config_gives_the_sampling_defaults() -> TestResult {
     assert!(bad.as_deref().is_some_and(|m| m.contains("generation_config.json") && m.contains("temperature")), "{bad:?}");
     Ok(())
 }
+
+/// Under sparse attention a request's global spans reach the model: its
+/// first token's logprobs are those of a direct forward pass with the same
+/// spans (and differ from the pass without them), and the prefix cache
+/// reuses only the blocks before the first span that differs.
+#[test]
+fn global_spans_reach_the_model_and_key_the_prefix_cache() -> TestResult {
+    use ember_model::sparse::SparseLayout;
+    use ember_model::{CausalLm, LoadOptions, LogitsMode, SequenceInput};
+
+    let layout = SparseLayout {
+        block: 4,
+        local: 1,
+        sinks: 0,
+        stride: 0,
+        dense_below: 0,
+    };
+    let options = LoadOptions {
+        sparse: Some(layout),
+        ..LoadOptions::default()
+    };
+    let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options.clone())?;
+    let engine = EngineHandle::start(loaded, config(512))?;
+    let tokens = prompt(60, 3);
+    let spans = vec![10..14];
+    let with_spans = |tokens: Vec<u32>| GenerationRequest {
+        global_spans: spans.clone(),
+        ..greedy(tokens, 1)
+    };
+
+    // The model itself, one forward pass with and without the span.
+    let model = CausalLm::from_dir_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options)?;
+    let direct = |global_spans: &[std::ops::Range<usize>]| -> anyhow::Result<Vec<f32>> {
+        let mut pool = model.new_pool(16, 4);
+        let table: Vec<u32> = (0..15).collect();
+        let input = SequenceInput { tokens: &tokens, past_len: 0, block_table: &table, global_spans };
+        let logits = model.forward(&mut pool, &[input], LogitsMode::Last)?.remove(0);
+        Ok(logits.into_data().try_to_vec::<f32>()?)
+    };
+    let log_softmax = |row: &[f32], id: u32| {
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        row[id as usize] - max - sum.ln()
+    };
+    let (direct_spans, direct_plain) = (direct(&spans)?, direct(&[])?);
+
+    let marked = run_alone(&engine, with_spans(tokens.clone()))?;
+    let first = &marked.choices[0].logprobs[0];
+    assert!((first.logprob - log_softmax(&direct_spans, first.token)).abs() < 1e-4, "the engine ran the spans");
+    assert!(
+        (log_softmax(&direct_plain, first.token) - first.logprob).abs() > 1e-3,
+        "the span changes the answer, so this test can tell"
+    );
+
+    // Again with the same spans: the whole prompt but its last token is cached.
+    let again = run_alone(&engine, with_spans(tokens.clone()))?;
+    assert_eq!(again.usage.map(|u| u.cached_tokens), Some(56));
+    assert_same_output("same spans, cached", &again, &marked);
+    // Without them: only the blocks before the span's block are reused.
+    let plain = run_alone(&engine, greedy(tokens.clone(), 1))?;
+    assert_eq!(plain.usage.map(|u| u.cached_tokens), Some(8));
+    assert!((plain.choices[0].logprobs[0].logprob - log_softmax(&direct_plain, plain.choices[0].token_ids[0])).abs() < 1e-4);
+    Ok(())
+}

@@ -2,9 +2,11 @@
 //! template, then the engine; one JSON response or a stream of
 //! `chat.completion.chunk` events.
 
+use std::borrow::Cow;
+
 use actix_web::{HttpResponse, web};
 use ember_engine::{
-    ChatTemplate, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, ModelInfo, RenderOptions, TextTokenizer,
+    ChatTemplate, EncodedPrompt, EngineHandle, FinishReason, Grammar, LogitsProcessorFactory, ModelInfo, RenderOptions, TextTokenizer,
     TokenLogprob,
 };
 use futures_util::StreamExt;
@@ -50,7 +52,7 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     };
     let prompt = {
         let (engine, messages, tools, limit) = (engine.clone(), req.messages, tools.clone(), state.limits.max_messages);
-        off_workers(move || chat_prompt(engine.model(), &messages, limit, tools.as_ref(), true)).await?
+        off_workers(move || chat_prompt(engine.model(), &messages, limit, tools.as_ref(), true, false)).await?
     };
     let grammar = match (&tools, &schema) {
         (Some(tools), schema) => Some(tools.grammar(&Tags::for_tokenizer(&tokenizer), schema.as_ref())?),
@@ -137,20 +139,32 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Json<Value>
     })))
 }
 
-/// A conversation's prompt tokens through the model's own chat template
-/// (blocking: call it off the async workers).
+/// A conversation's prompt tokens through the model's own chat template,
+/// with the global spans of its `[IMPORTANT]` markers when attention is
+/// sparse (blocking: call it off the async workers). The rendered template
+/// holds its special tokens already, so `add_special_tokens` is normally
+/// false (`/tokenize` lets a client ask otherwise).
 pub(crate) fn chat_prompt(
     model: &ModelInfo,
     messages: &[ChatMessage],
     max_messages: usize,
     tools: Option<&Tools>,
     add_generation_prompt: bool,
-) -> Result<Vec<u32>, ApiError> {
-    let (Some(tokenizer), Some(template)) = (&model.tokenizer, &model.chat_template) else {
+    add_special_tokens: bool,
+) -> Result<EncodedPrompt, ApiError> {
+    let (Some(_), Some(template)) = (&model.tokenizer, &model.chat_template) else {
         return Err(ApiError::bad_request("this model has no tokenizer or chat template"));
     };
-    let rendered = render_chat(template, messages, max_messages, tools, add_generation_prompt)?;
-    Ok(tokenizer.encode(&rendered, false)?)
+    let mut messages = template_messages(messages, max_messages)?;
+    for message in &mut messages {
+        if let Some(Value::String(content)) = message.get_mut("content")
+            && let Cow::Owned(marked) = model.mark_important(content)
+        {
+            *content = marked;
+        }
+    }
+    let rendered = render_template_messages(template, &messages, tools, add_generation_prompt)?;
+    Ok(model.encode_prompt(&rendered, add_special_tokens)?)
 }
 
 /// A conversation's prompt text through the model's own template. A
@@ -163,16 +177,25 @@ pub(crate) fn render_chat(
     tools: Option<&Tools>,
     add_generation_prompt: bool,
 ) -> Result<String, ApiError> {
-    let messages = template_messages(messages, max_messages)?;
+    render_template_messages(template, &template_messages(messages, max_messages)?, tools, add_generation_prompt)
+}
+
+/// Checked messages (`template_messages`) through the template.
+fn render_template_messages(
+    template: &ChatTemplate,
+    messages: &[Value],
+    tools: Option<&Tools>,
+    add_generation_prompt: bool,
+) -> Result<String, ApiError> {
     let rendered = if template.reads_tools() {
         template.render(RenderOptions {
-            messages: &messages,
+            messages,
             tools: tools.map(|t| t.definitions.as_slice()),
             add_generation_prompt,
         })?
     } else {
         template.render(RenderOptions {
-            messages: &hermes_messages(&messages, tools),
+            messages: &hermes_messages(messages, tools),
             tools: None::<&[Value]>,
             add_generation_prompt,
         })?

@@ -1,15 +1,13 @@
 //! `POST /v1/completions`: raw prompts (text, token ids, or lists of
 //! either), no chat template.
 
-use std::sync::Arc;
-
 use actix_web::{HttpResponse, web};
-use ember_engine::{FinishReason, TextTokenizer, TokenLogprob};
+use ember_engine::{EncodedPrompt, EngineHandle, FinishReason, TextTokenizer, TokenLogprob};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, PromptField};
-use crate::params::{LengthFields, encode_all, generation_request, parse_body, reject_present, streaming, submit};
+use crate::params::{LengthFields, encode_prompts, generation_request, parse_body, reject_present, streaming, submit};
 use crate::state::{AppState, fingerprint, random_id, unix_time};
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 
@@ -28,7 +26,7 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
     ])?;
     let (stream, include_usage) = streaming(&sampling)?;
     let tokenizer = engine.model().tokenizer.clone();
-    let prompts = prompt_ids(req.prompt, tokenizer.clone()).await?;
+    let prompts = encoded_prompts(req.prompt, &engine).await?;
     let logprobs = req.logprobs.is_some();
     // OpenAI's default for completions.
     let max_tokens = req.max_tokens.unwrap_or(16);
@@ -100,13 +98,17 @@ pub async fn completions(state: web::Data<AppState>, body: web::Json<Value>) -> 
     })))
 }
 
-/// Every prompt as token ids.
-async fn prompt_ids(prompt: PromptField, tokenizer: Option<Arc<TextTokenizer>>) -> Result<Vec<Vec<u32>>, ApiError> {
+/// Every prompt as token ids, texts with their `[IMPORTANT]` spans.
+async fn encoded_prompts(prompt: PromptField, engine: &EngineHandle) -> Result<Vec<EncodedPrompt>, ApiError> {
+    let ids = |ids: Vec<u32>| EncodedPrompt {
+        ids,
+        global_spans: Vec::new(),
+    };
     let prompts = match prompt {
-        PromptField::Tokens(ids) => vec![ids],
-        PromptField::TokenLists(lists) => lists,
-        PromptField::Text(text) => encode_texts(vec![text], tokenizer).await?,
-        PromptField::Texts(texts) if texts.len() <= MAX_PROMPTS => encode_texts(texts, tokenizer).await?,
+        PromptField::Tokens(tokens) => vec![ids(tokens)],
+        PromptField::TokenLists(lists) => lists.into_iter().map(ids).collect(),
+        PromptField::Text(text) => encode_texts(vec![text], engine).await?,
+        PromptField::Texts(texts) if texts.len() <= MAX_PROMPTS => encode_texts(texts, engine).await?,
         PromptField::Texts(_) => Vec::new(),
     };
     if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
@@ -115,9 +117,11 @@ async fn prompt_ids(prompt: PromptField, tokenizer: Option<Arc<TextTokenizer>>) 
     Ok(prompts)
 }
 
-async fn encode_texts(texts: Vec<String>, tokenizer: Option<Arc<TextTokenizer>>) -> Result<Vec<Vec<u32>>, ApiError> {
-    let tokenizer = tokenizer.ok_or_else(|| ApiError::invalid("prompt", "this model has no tokenizer: send token ids"))?;
-    encode_all(tokenizer, texts, true).await
+async fn encode_texts(texts: Vec<String>, engine: &EngineHandle) -> Result<Vec<EncodedPrompt>, ApiError> {
+    if engine.model().tokenizer.is_none() {
+        return Err(ApiError::invalid("prompt", "this model has no tokenizer: send token ids"));
+    }
+    encode_prompts(engine.clone(), texts, true).await
 }
 
 /// The legacy logprobs shape: parallel lists plus `{token: logprob}` maps.

@@ -107,6 +107,8 @@ pub struct AttentionSection {
     pub sinks: Option<usize>,
     pub stride: Option<usize>,
     pub dense_below: Option<usize>,
+    /// Keep `[IMPORTANT]` markers in the prompt text (sparse only).
+    pub keep_markers: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

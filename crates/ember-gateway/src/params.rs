@@ -2,11 +2,9 @@
 //! what the engine cannot (types, ranges of integer fields) and naming the
 //! field on error. Ranges of float fields are checked once, by the engine.
 
-use std::sync::Arc;
-
 use actix_web::web;
 use ember_engine::engine::MAX_N;
-use ember_engine::{EngineError, EngineHandle, GenerationDefaults, GenerationRequest, GenerationStream, SamplingParams, TextTokenizer};
+use ember_engine::{EncodedPrompt, EngineError, EngineHandle, GenerationDefaults, GenerationRequest, GenerationStream, SamplingParams};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -46,16 +44,18 @@ pub async fn off_workers<T: Send + 'static>(
     web::block(work).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-/// Tokenizes texts off the async workers.
-pub async fn encode_all(
-    tokenizer: Arc<TextTokenizer>,
+/// Tokenizes prompt texts off the async workers, each with its
+/// `[IMPORTANT]` spans when attention is sparse.
+pub async fn encode_prompts(
+    engine: EngineHandle,
     texts: Vec<String>,
     add_special_tokens: bool,
-) -> Result<Vec<Vec<u32>>, ApiError> {
+) -> Result<Vec<EncodedPrompt>, ApiError> {
     off_workers(move || {
+        let model = engine.model();
         Ok(texts
             .iter()
-            .map(|t| tokenizer.encode(t, add_special_tokens))
+            .map(|t| model.encode_prompt(&model.mark_important(t), add_special_tokens))
             .collect::<Result<Vec<_>, _>>()?)
     })
     .await
@@ -96,10 +96,6 @@ pub async fn submit(
     .await
 }
 
-/// One text, as `encode_all`.
-pub async fn encode(tokenizer: Arc<TextTokenizer>, text: String, add_special_tokens: bool) -> Result<Vec<u32>, ApiError> {
-    Ok(encode_all(tokenizer, vec![text], add_special_tokens).await?.into_iter().flatten().collect())
-}
 
 /// Refuses fields Ember recognizes but does not implement.
 pub fn reject_present(fields: &[(&str, bool, &str)]) -> Result<(), ApiError> {
@@ -113,7 +109,7 @@ pub fn reject_present(fields: &[(&str, bool, &str)]) -> Result<(), ApiError> {
 /// fields the request leaves out take the model's `defaults`.
 #[allow(clippy::too_many_arguments)]
 pub fn generation_request(
-    prompt: Vec<u32>,
+    prompt: EncodedPrompt,
     fields: &SamplingFields,
     defaults: &GenerationDefaults,
     max_tokens: Option<(&str, i64)>,
@@ -177,7 +173,8 @@ pub fn generation_request(
         stop_token_ids: stop_ids,
         ignore_eos: fields.ignore_eos.unwrap_or(false),
         n,
-        ..GenerationRequest::new(prompt)
+        global_spans: prompt.global_spans,
+        ..GenerationRequest::new(prompt.ids)
     })
 }
 

@@ -6,10 +6,10 @@ use ember_engine::FinishReason;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::chat::render_chat;
+use crate::chat::chat_prompt;
 use crate::error::ApiError;
 use crate::openai::{ChatMessage, KnownFields};
-use crate::params::{LengthFields, encode, generation_request, off_workers, parse_body, submit};
+use crate::params::{LengthFields, encode_prompts, generation_request, off_workers, parse_body, submit};
 use crate::state::AppState;
 use crate::streams::{Frame, collect, merge, sse_body, sse_response};
 use crate::tools::Tools;
@@ -28,12 +28,14 @@ impl KnownFields for GenerateRequest {
 pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let (req, sampling): (GenerateRequest, _) = parse_body(body)?;
     let engine = state.engine()?.clone();
-    let tokenizer = engine
-        .model()
-        .tokenizer
-        .clone()
-        .ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
-    let prompt = encode(tokenizer, req.prompt, true).await?;
+    if engine.model().tokenizer.is_none() {
+        return Err(ApiError::bad_request("this model has no tokenizer"));
+    }
+    let prompt = encode_prompts(engine.clone(), vec![req.prompt], true)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
     let request = generation_request(
         prompt,
         &sampling,
@@ -101,20 +103,23 @@ pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Res
         state.check_model(model)?;
     }
     let max_messages = state.limits.max_messages;
+    // The prompt the model would get: `[IMPORTANT]` markers are taken out
+    // under sparse attention, as a generation request takes them out.
     let tokens = off_workers(move || {
         let info = engine.model();
-        let tokenizer = info.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+        if info.tokenizer.is_none() {
+            return Err(ApiError::bad_request("this model has no tokenizer"));
+        }
         match (req.prompt, req.messages) {
-            (Some(prompt), None) => Ok(tokenizer.encode(&prompt, req.add_special_tokens.unwrap_or(true))?),
+            (Some(prompt), None) => Ok(info.encode_prompt(&info.mark_important(&prompt), req.add_special_tokens.unwrap_or(true))?.ids),
             (None, Some(messages)) => {
-                let template = info
-                    .chat_template
-                    .as_ref()
-                    .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+                if info.chat_template.is_none() {
+                    return Err(ApiError::bad_request("this model has no chat template"));
+                }
                 let tools = Tools::from_request(req.tools.as_ref(), None, None)?;
                 let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-                let rendered = render_chat(template, &messages, max_messages, tools.as_ref(), add_generation_prompt)?;
-                Ok(tokenizer.encode(&rendered, req.add_special_tokens.unwrap_or(false))?)
+                let add_special_tokens = req.add_special_tokens.unwrap_or(false);
+                Ok(chat_prompt(info, &messages, max_messages, tools.as_ref(), add_generation_prompt, add_special_tokens)?.ids)
             }
             _ => Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),
         }

@@ -11,7 +11,8 @@ use actix_web::body::MessageBody;
 use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
 use common::*;
-use ember_engine::EngineConfig;
+use ember_engine::{EngineConfig, MarkerPolicy};
+use ember_model::sparse::SparseLayout;
 use ember_gateway::{AppState, GatewayMetrics, Limits};
 use serde_json::{Value, json};
 
@@ -456,5 +457,69 @@ async fn omitted_sampling_fields_take_the_server_defaults() -> anyhow::Result<()
     }
     answers.dedup();
     assert!(answers.len() > 1, "temperature 1 with different seeds gave one answer: {answers:?}");
+    Ok(())
+}
+
+/// `[IMPORTANT]` ... `[/IMPORTANT]`: plain text under dense attention; under
+/// sparse attention the markers leave the prompt (unless `keep_markers`)
+/// and the text between them becomes a global span, which changes what a
+/// query past the window sees.
+#[actix_web::test]
+async fn important_markers_are_global_spans_under_sparse_attention() -> anyhow::Result<()> {
+    let layout = SparseLayout {
+        block: 4,
+        local: 1,
+        sinks: 0,
+        stride: 0,
+        dense_below: 0,
+    };
+    let sparse = |keep_markers| Fixture {
+        sparse: Some((layout, MarkerPolicy { keep_markers })),
+        ..Fixture::default()
+    };
+    let filler = "Paris is the capital of France; Berlin is the capital of Germany. ".repeat(4);
+    let marked = format!("The quick brown fox. [IMPORTANT]Ember serves Qwen3 models.[/IMPORTANT] {filler}");
+    let plain = format!("The quick brown fox. Ember serves Qwen3 models. {filler}");
+    let literal = format!("The quick brown fox. [IMPORTANT]Ember serves Qwen3 models.[/IMPORTANT] {filler}");
+    let tokenize = |text: &str| post("/tokenize", json!({"prompt": text}));
+
+    let dense = server()?;
+    let dense_app = app!(dense);
+    let (_, dense_marked) = call(&dense_app, tokenize(&marked)).await;
+    let (_, dense_literal) = call(&dense_app, tokenize(&literal)).await;
+    let (_, dense_plain) = call(&dense_app, tokenize(&plain)).await;
+    assert_eq!(dense_marked["tokens"], dense_literal["tokens"], "dense: the markers are text");
+    assert_ne!(dense_marked["tokens"], dense_plain["tokens"]);
+
+    let kept = server_for(&sparse(true), Vec::new(), Limits::default(), small_engine())?;
+    let kept_app = app!(kept);
+    let (_, kept_marked) = call(&kept_app, tokenize(&marked)).await;
+    assert_eq!(kept_marked["tokens"], dense_literal["tokens"], "keep_markers: the text is unchanged");
+
+    let s = server_for(&sparse(false), Vec::new(), Limits::default(), small_engine())?;
+    let app = app!(s);
+    let (status, stripped) = call(&app, tokenize(&marked)).await;
+    assert_eq!(status, StatusCode::OK, "{stripped}");
+    assert_eq!(stripped["tokens"], dense_plain["tokens"], "sparse: the markers are removed");
+
+    // The same tokens with and without the span: past the window the span
+    // is still seen, so the next-token distribution changes.
+    let completion = |prompt: Value| post("/v1/completions", json!({"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}));
+    let (status, with_span) = call(&app, completion(json!(marked))).await;
+    assert_eq!(status, StatusCode::OK, "{with_span}");
+    let (_, without) = call(&app, completion(stripped["tokens"].clone())).await;
+    assert_eq!(with_span["usage"]["prompt_tokens"], without["usage"]["prompt_tokens"]);
+    let top = |body: &Value| body["choices"][0]["logprobs"]["top_logprobs"][0].clone();
+    assert_ne!(top(&with_span), top(&without), "the span reached the model");
+
+    // A chat message's markers are spans too, and unpaired ones stay text.
+    let (status, chat_tokens) = call(
+        &app,
+        post("/tokenize", json!({"messages": [{"role": "user", "content": "[IMPORTANT]x[/IMPORTANT] and [IMPORTANT] alone"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{chat_tokens}");
+    let (_, chat_plain) = call(&app, post("/tokenize", json!({"messages": [{"role": "user", "content": "x and [IMPORTANT] alone"}]}))).await;
+    assert_eq!(chat_tokens["tokens"], chat_plain["tokens"]);
     Ok(())
 }

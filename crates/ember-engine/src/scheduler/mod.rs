@@ -198,10 +198,7 @@ impl<R: ModelRunner> Scheduler<R> {
                     tokens: &s.tokens[s.computed..s.computed + p.len],
                     past_len: s.computed,
                     block_table: s.block_ids(),
-                    // `[IMPORTANT]` spans reach the scheduler with the
-                    // long-context work; until then sparse layouts (not yet
-                    // selectable) would see none.
-                    global_spans: &[],
+                    global_spans: &s.global_spans,
                 }
             })
             .collect();
@@ -238,7 +235,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 let b = seq.hashes.len();
                 let parent = seq.hashes.last().copied().unwrap_or(ROOT_HASH);
                 let block = seq.block_ids()[b];
-                let hash = blocks.lock().register_full(block, parent, &seq.tokens[b * bs..(b + 1) * bs]);
+                let hash = blocks.lock().register_full(block, parent, b, &seq.tokens[b * bs..(b + 1) * bs], &seq.global_spans);
                 seq.hashes.push(hash);
             }
             let Some(mut row) = rows.remove(&k) else { continue };

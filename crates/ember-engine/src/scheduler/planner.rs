@@ -142,7 +142,7 @@ impl Planner {
             let max_blocks = (seq.tokens.len() - 1) / bs;
             let mut table = self.blocks.table();
             let mut manager = self.blocks.lock();
-            let matched = manager.match_prefix(&seq.tokens, max_blocks);
+            let matched = manager.match_prefix(&seq.tokens, &seq.global_spans, max_blocks);
             let cached = matched.len() * bs;
             let len = (seq.tokens.len() - cached).min(budget);
             let needed = (cached + len).div_ceil(bs) - matched.len();

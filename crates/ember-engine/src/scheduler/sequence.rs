@@ -1,5 +1,6 @@
 //! What the scheduler tracks: requests (groups of choices) and sequences.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -55,6 +56,8 @@ pub(crate) struct Sequence {
     /// Prompt followed by the output so far.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
+    /// Prompt positions every later query sees (sorted, disjoint).
+    pub global_spans: Arc<[Range<usize>]>,
     pub max_tokens: usize,
     pub stop_ids: Arc<[u32]>,
     pub sampler: Sampler,
@@ -75,6 +78,7 @@ pub(crate) struct SequenceStart {
     pub group: u64,
     pub index: usize,
     pub prompt: Vec<u32>,
+    pub global_spans: Arc<[Range<usize>]>,
     pub history: TokenHistory,
     pub max_tokens: usize,
     pub stop_ids: Arc<[u32]>,
@@ -89,6 +93,7 @@ impl Sequence {
             index: start.index,
             prompt_len: start.prompt.len(),
             tokens: start.prompt,
+            global_spans: start.global_spans,
             history: start.history,
             max_tokens: start.max_tokens,
             stop_ids: start.stop_ids,

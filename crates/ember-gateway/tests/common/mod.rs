@@ -9,9 +9,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{test, web};
-use ember_engine::{EngineConfig, EngineHandle, KvCacheMemory, LoadedModel};
+use ember_engine::{EngineConfig, EngineHandle, KvCacheMemory, LoadedModel, MarkerPolicy};
 use ember_gateway::{AppState, GatewayMetrics, Limits};
-use ember_model::{DType, Device};
+use ember_model::sparse::SparseLayout;
+use ember_model::{DType, Device, LoadOptions};
 use serde_json::{Value, json};
 
 pub const MODEL: &str = "tiny";
@@ -27,6 +28,8 @@ pub struct Fixture {
     /// Add `<tool_call>` and `</tool_call>` to the vocabulary as single
     /// tokens, as Qwen3's tokenizer has them.
     pub tool_tokens: bool,
+    /// Sparse attention and what `[IMPORTANT]` markers do; `None` is dense.
+    pub sparse: Option<(SparseLayout, MarkerPolicy)>,
 }
 
 impl Default for Fixture {
@@ -35,6 +38,7 @@ impl Default for Fixture {
             chat_template: CHATML.into(),
             window: 256,
             tool_tokens: false,
+            sparse: None,
         }
     }
 }
@@ -79,7 +83,12 @@ pub fn server_for(
     let dir = model_dir(fixture)?;
     let metrics = Arc::new(GatewayMetrics::new()?);
     let state = web::Data::new(AppState::new(MODEL.into(), limits, keys, metrics.clone()));
-    let loaded = LoadedModel::open(dir.path(), &Device::flex(), DType::F32)?;
+    let options = LoadOptions {
+        sparse: fixture.sparse.map(|(layout, _)| layout),
+        ..LoadOptions::default()
+    };
+    let mut loaded = LoadedModel::open_with(dir.path(), &Device::flex(), DType::F32, options)?;
+    loaded.info.markers = fixture.sparse.map(|(_, markers)| markers);
     let engine = EngineHandle::start(
         loaded,
         EngineConfig {

@@ -35,6 +35,11 @@ pub struct EngineArgs {
     /// request's own fields always win.
     #[arg(long, value_parser = parse_generation_override)]
     pub override_generation_config: Option<GenerationDefaults>,
+    /// Which KV blocks a running sequence keeps: `all`, or `visible`
+    /// (sparse attention only: blocks no later query can see go back to the
+    /// pool, so memory stops growing with length) [default: all].
+    #[arg(long, value_parser = ["all", "visible"])]
+    pub kv_retention: Option<String>,
 }
 
 fn parse_generation_override(json: &str) -> Result<GenerationDefaults, String> {
@@ -51,6 +56,7 @@ impl EngineArgs {
         s.max_num_seqs = self.max_num_seqs.or(s.max_num_seqs);
         s.max_queue_len = self.max_queue_len.or(s.max_queue_len);
         s.max_model_len = self.max_model_len.or(s.max_model_len);
+        s.kv_retention = self.kv_retention.clone().or(s.kv_retention.take());
         s.override_generation_config = match (s.override_generation_config, self.override_generation_config) {
             (Some(file), Some(flag)) => Some(file.overlay(flag)),
             (file, flag) => flag.or(file),

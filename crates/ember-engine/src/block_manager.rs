@@ -56,6 +56,11 @@ pub struct BlockManager {
     evictable: BTreeSet<(u64, BlockId)>,
     by_hash: HashMap<u64, BlockId>,
     clock: u64,
+    /// A block never handed out, standing in a table for a block given back
+    /// early (`BlockTable::retire`), as vLLM v1's `null_block` does for
+    /// sliding-window attention: positions keep their table index, and the
+    /// attention that skips them never reads it.
+    null_block: Option<BlockId>,
 }
 
 impl BlockManager {
@@ -68,6 +73,15 @@ impl BlockManager {
             evictable: BTreeSet::new(),
             by_hash: HashMap::new(),
             clock: 0,
+            null_block: None,
+        }
+    }
+
+    /// Sets one block aside as the placeholder for retired blocks (only a
+    /// pool whose sequences retire blocks pays for it).
+    pub fn reserve_null_block(&mut self) {
+        if self.null_block.is_none() {
+            self.null_block = self.allocate();
         }
     }
 
@@ -121,6 +135,9 @@ impl BlockManager {
     /// Releasing an unreferenced block is refused: putting it on the free
     /// list twice would hand one block to two sequences.
     pub fn release(&mut self, block: BlockId) -> Result<(), BlockError> {
+        if Some(block) == self.null_block {
+            return Ok(());
+        }
         let meta = &mut self.blocks[block as usize];
         if meta.refs == 0 {
             return Err(BlockError::DoubleFree(block));
@@ -246,6 +263,20 @@ impl BlockTable {
     /// Takes ownership of one reference to `block`.
     pub fn push(&mut self, block: BlockId) {
         self.ids.push(block);
+    }
+
+    /// Gives the block at `index` back early (no query will read it again)
+    /// and puts the null block in its place. A cached block stays findable
+    /// for later requests with the same prefix until it is evicted.
+    pub fn retire(&mut self, index: usize) {
+        let mut manager = self.owner.lock();
+        let Some(null) = manager.null_block else { return };
+        let Some(slot) = self.ids.get_mut(index) else { return };
+        let block = std::mem::replace(slot, null);
+        if let Err(e) = manager.release(block) {
+            debug_assert!(false, "{e}");
+            tracing::error!("KV block bookkeeping: {e}");
+        }
     }
 }
 

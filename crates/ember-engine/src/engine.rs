@@ -89,7 +89,34 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Laid over the model's own sampling defaults (`generation_config.json`).
     pub generation_overrides: GenerationDefaults,
+    /// Which KV blocks a sequence keeps while it runs.
+    pub kv_retention: KvRetention,
     pub observer: Option<Arc<dyn EngineObserver>>,
+}
+
+/// Which KV blocks a running sequence keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvRetention {
+    /// Every block until the sequence ends (what dense attention needs).
+    #[default]
+    All,
+    /// Under sparse attention, blocks no later query can see (outside the
+    /// sinks, strided blocks, global spans and the window) go back to the
+    /// pool as the sequence advances, so a long generation holds a bounded
+    /// number of blocks.
+    Visible,
+}
+
+impl std::str::FromStr for KvRetention {
+    type Err = EngineError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "all" => Ok(Self::All),
+            "visible" => Ok(Self::Visible),
+            other => Err(EngineError::InvalidConfig(format!("kv_retention {other:?}: expected \"all\" or \"visible\""))),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -104,6 +131,7 @@ impl Default for EngineConfig {
             max_queue_len: 512,
             max_model_len: None,
             generation_overrides: GenerationDefaults::default(),
+            kv_retention: KvRetention::All,
             observer: None,
         }
     }
@@ -117,6 +145,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_num_batched_tokens", &self.max_num_batched_tokens)
             .field("max_num_seqs", &self.max_num_seqs)
             .field("max_queue_len", &self.max_queue_len)
+            .field("kv_retention", &self.kv_retention)
             .field("max_model_len", &self.max_model_len)
             .field("generation_overrides", &self.generation_overrides)
             .finish()
@@ -190,6 +219,15 @@ impl EngineHandle {
         if let Some(sparse) = model.options().sparse {
             sparse.validate(config.block_size).map_err(|e| EngineError::InvalidConfig(e.to_string()))?;
         }
+        let retire_unseen = match (config.kv_retention, model.options().sparse) {
+            (KvRetention::All, _) => None,
+            (KvRetention::Visible, Some(layout)) => Some(layout),
+            (KvRetention::Visible, None) => {
+                return Err(EngineError::InvalidConfig(
+                    "kv_retention visible frees blocks sparse attention no longer reads: it needs --attention sparse".into(),
+                ));
+            }
+        };
         let bytes_per_block = model.kv_bytes_per_block(config.block_size) as u64;
         let budget = match config.kv_cache_memory {
             KvCacheMemory::Bytes(b) => b,
@@ -234,6 +272,7 @@ impl EngineHandle {
             SchedulerConfig {
                 max_num_batched_tokens: config.max_num_batched_tokens,
                 max_num_seqs: config.max_num_seqs,
+                retire_unseen,
             },
             stats.clone(),
             config.observer.clone(),

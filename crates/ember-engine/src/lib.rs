@@ -22,7 +22,7 @@ pub mod structured;
 pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, RenderOptions};
-pub use engine::{Choice, Completion, EngineConfig, EngineHandle, EngineInfo, GenerationStream, KvCacheMemory};
+pub use engine::{Choice, Completion, EngineConfig, EngineHandle, EngineInfo, GenerationStream, KvCacheMemory, KvRetention};
 pub use error::{EngineError, Result};
 pub use generation_defaults::GenerationDefaults;
 pub use important::MarkerPolicy;

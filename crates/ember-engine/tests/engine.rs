@@ -631,3 +631,60 @@ fn global_spans_reach_the_model_and_key_the_prefix_cache() -> TestResult {
     assert!((plain.choices[0].logprobs[0].logprob - log_softmax(&direct_plain, plain.choices[0].token_ids[0])).abs() < 1e-4);
     Ok(())
 }
+
+/// `--kv-retention visible` changes nothing about the answers under sparse
+/// attention: batched, chunked, with a repeated prompt served from the
+/// prefix cache, and in a pool small enough that keeping every block
+/// would preempt; and the pool is whole again afterwards.
+#[test]
+fn retiring_unseen_blocks_changes_no_answer() -> TestResult {
+    use ember_engine::KvRetention;
+    use ember_model::LoadOptions;
+    use ember_model::sparse::SparseLayout;
+
+    let options = LoadOptions {
+        sparse: Some(SparseLayout {
+            block: 8,
+            local: 1,
+            sinks: 4,
+            stride: 3,
+            dense_below: 16,
+        }),
+        ..LoadOptions::default()
+    };
+    let start = |retention, tokens| -> anyhow::Result<EngineHandle> {
+        let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options.clone())?;
+        Ok(EngineHandle::start(
+            loaded,
+            EngineConfig {
+                kv_retention: retention,
+                max_num_batched_tokens: 24,
+                ..config(tokens)
+            },
+        )?)
+    };
+    let requests: Vec<GenerationRequest> = (0..4)
+        .map(|i| GenerationRequest {
+            global_spans: vec![20..26],
+            ..greedy(prompt(60 + 10 * i, 70 + i as u32), 60)
+        })
+        .chain([greedy(prompt(60, 70), 60)])
+        .collect();
+    let keep_all = start(KvRetention::All, 4096)?;
+    let want: Vec<Completion> = requests.iter().map(|r| run_alone(&keep_all, r.clone())).collect::<anyhow::Result<_>>()?;
+    // 4 x 150 tokens need 150 blocks of 4 kept whole; 100 are enough once
+    // each sequence holds only what it can still see.
+    let retiring = start(KvRetention::Visible, 400)?;
+    let got = run_together(&retiring, requests.clone())?;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_same_output(&format!("request {i}"), g, w);
+    }
+    let again = run_alone(&retiring, requests[0].clone())?;
+    assert_same_output("from the prefix cache", &again, &want[0]);
+    eventually("blocks back in the pool", || retiring.stats().kv_blocks_used <= 1);
+
+    let dense = LoadedModel::open(&fixture("qwen3-tiny"), &Device::flex(), DType::F32)?;
+    let refused = EngineHandle::start(dense, EngineConfig { kv_retention: KvRetention::Visible, ..config(256) });
+    assert!(matches!(refused, Err(EngineError::InvalidConfig(m)) if m.contains("sparse")));
+    Ok(())
+}

@@ -121,6 +121,9 @@ pub struct EngineSection {
     pub max_num_seqs: Option<usize>,
     pub max_queue_len: Option<usize>,
     pub max_model_len: Option<usize>,
+    /// `all` or `visible` (sparse attention only): which KV blocks a
+    /// running sequence keeps.
+    pub kv_retention: Option<String>,
     /// Sampling defaults laid over the model's `generation_config.json`,
     /// e.g. `override_generation_config = { temperature = 0.2 }`.
     pub override_generation_config: Option<GenerationDefaults>,
@@ -152,6 +155,10 @@ impl EngineSection {
             max_queue_len: self.max_queue_len.unwrap_or(d.max_queue_len),
             max_model_len: self.max_model_len,
             generation_overrides: self.override_generation_config.unwrap_or_default(),
+            kv_retention: match &self.kv_retention {
+                Some(text) => text.parse()?,
+                None => d.kv_retention,
+            },
             observer,
         })
     }

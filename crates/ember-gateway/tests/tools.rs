@@ -29,6 +29,7 @@ fn qwen3_server() -> anyhow::Result<Server> {
         chat_template,
         window: 4096,
         tool_tokens: true,
+        ..Fixture::default()
     };
     server_for(&fixture, Vec::new(), Limits::default(), small_engine())
 }

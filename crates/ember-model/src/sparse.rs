@@ -115,6 +115,26 @@ impl SparseLayout {
                 || spans.iter().any(|s| s.contains(&k)))
     }
 
+    /// Whether a query at position `from` or later may still see a key in
+    /// KV block `b` (of `kv_block` tokens; the layout validated against it).
+    /// False once the window has moved past the block and it holds no sink,
+    /// strided block or global span; the window only moves forward, so such
+    /// a block is never read again and its memory can go back to the pool.
+    pub fn kv_block_needed(&self, spans: &[Range<usize>], from: usize, b: usize, kv_block: usize) -> bool {
+        let (start, end) = (b * kv_block, (b + 1) * kv_block);
+        end > self.window_start(from)
+            || start < self.sinks
+            // A KV block lies inside one sparse block (`validate`).
+            || (self.stride > 0 && self.blk(start).is_multiple_of(self.stride))
+            || spans.iter().any(|s| s.start < end && s.end > start)
+    }
+
+    /// The first position of the window of a query at `q`: every key from
+    /// it on is seen; 0 while `q` is below `dense_below`.
+    pub fn window_start(&self, q: usize) -> usize {
+        if q < self.dense_below { 0 } else { self.blk(q).saturating_sub(self.local) * self.block }
+    }
+
     /// The KV blocks (of `kv_block` tokens; the layout validated against
     /// it) that a query at position `q` reads, increasing, into `out`.
     /// Cost: the blocks listed plus the spans, not the sequence length.
@@ -248,4 +268,29 @@ mod tests {
         assert!(layout.validate(8).is_ok());
         assert_eq!(SparseLayout::default().validate(128), Err(LayoutError::KvBlockTooLarge(128)));
     }
+
+    /// A block `kv_block_needed` lets go is seen by no later query, and one
+    /// it keeps is seen by some query at or after `from`.
+    #[test]
+    fn blocks_let_go_are_never_seen_again() {
+        let spans: &[Range<usize>] = &[70..75, 200..203];
+        for kv_block in [4, 8] {
+            for (block, local, sinks, stride, dense_below) in [(8, 1, 0, 0, 0), (16, 2, 5, 3, 40), (kv_block, 0, 1, 2, 100)] {
+                let layout = SparseLayout { block, local, sinks, stride, dense_below };
+                for from in (0..300usize).step_by(7) {
+                    for b in 0..from.div_ceil(kv_block) {
+                        let keys = b * kv_block..(b + 1) * kv_block;
+                        let horizon = from + block * (local + 2);
+                        let seen = (from..horizon).any(|q| keys.clone().any(|k| layout.sees(spans, q, k)));
+                        assert_eq!(
+                            layout.kv_block_needed(spans, from, b, kv_block),
+                            seen,
+                            "{layout:?} kv_block {kv_block} from {from} block {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
+

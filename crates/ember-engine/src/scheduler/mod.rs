@@ -46,7 +46,11 @@ impl<R: ModelRunner> Scheduler<R> {
         observer: Option<Arc<dyn EngineObserver>>,
     ) -> Self {
         let num_blocks = runner.num_blocks();
-        let blocks = SharedBlocks::new(BlockManager::new(num_blocks, runner.block_size()));
+        let mut manager = BlockManager::new(num_blocks, runner.block_size());
+        if config.retire_unseen.is_some() {
+            manager.reserve_null_block();
+        }
+        let blocks = SharedBlocks::new(manager);
         metrics::set(&stats.kv_blocks_total, num_blocks);
         Self {
             runner,
@@ -224,12 +228,14 @@ impl<R: ModelRunner> Scheduler<R> {
     fn take_outputs(&mut self, plan: &[Planned], mut rows: HashMap<usize, Vec<f32>>) {
         let bs = self.runner.block_size();
         let blocks = self.planner.blocks().clone();
+        let retire = self.planner.retire_unseen();
         for (k, p) in plan.iter().enumerate() {
             let seq = &mut self.planner.running[p.running];
             let decoding = p.len == 1 && seq.computed >= seq.prompt_len;
             seq.computed += p.len;
             if !decoding {
                 metrics::add(&self.stats.prefill_tokens, p.len);
+                log_prefill_progress(seq, p.len, &blocks);
             }
             while seq.hashes.len() < seq.computed / bs {
                 let b = seq.hashes.len();
@@ -237,6 +243,10 @@ impl<R: ModelRunner> Scheduler<R> {
                 let block = seq.block_ids()[b];
                 let hash = blocks.lock().register_full(block, parent, b, &seq.tokens[b * bs..(b + 1) * bs], &seq.global_spans);
                 seq.hashes.push(hash);
+            }
+            // After the hashes: a retired block stays findable by its hash.
+            if let Some(layout) = &retire {
+                seq.retire_unseen(layout, bs);
             }
             let Some(mut row) = rows.remove(&k) else { continue };
             let Some(group) = self.groups.get_mut(&seq.group) else {
@@ -375,6 +385,19 @@ fn finish_in_group(
     }
     on_finish(&group);
     let _ = group.tx.send(EngineEvent::Done { usage: group.usage });
+}
+
+/// A long prompt's prefill takes minutes on a CPU: its progress goes to the
+/// log every this many tokens, and when it completes.
+const PREFILL_LOG_EVERY: usize = 8192;
+
+fn log_prefill_progress(seq: &Sequence, chunk: usize, blocks: &SharedBlocks) {
+    let (done, total) = (seq.computed.min(seq.prompt_len), seq.prompt_len);
+    let crossed = done / PREFILL_LOG_EVERY != (done - chunk.min(done)) / PREFILL_LOG_EVERY;
+    if total >= PREFILL_LOG_EVERY && (crossed || done == total) {
+        let blocks_used = blocks.lock().num_used();
+        tracing::info!(request = seq.group, choice = seq.index, done, total, blocks_used, "prefill");
+    }
 }
 
 /// Computes the next-token mask of each lent processor; a panic leaves that

@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use ember_model::sparse::SparseLayout;
+
 use super::sequence::Sequence;
 use crate::block_manager::SharedBlocks;
 use crate::request::FinishReason;
@@ -19,6 +21,9 @@ use crate::request::FinishReason;
 pub(crate) struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     pub max_num_seqs: usize,
+    /// Under sparse attention with `--kv-retention visible`: the layout
+    /// whose unseen blocks each sequence gives back as it advances.
+    pub retire_unseen: Option<SparseLayout>,
 }
 
 /// One sequence's share of a step: `len` tokens from its `computed`.
@@ -57,6 +62,10 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
+    pub fn retire_unseen(&self) -> Option<SparseLayout> {
+        self.config.retire_unseen
+    }
+
     pub fn new(config: SchedulerConfig, blocks: SharedBlocks) -> Self {
         let block_size = blocks.lock().block_size();
         Self {
@@ -126,6 +135,7 @@ impl Planner {
         seq.table = None;
         seq.hashes.clear();
         seq.computed = 0;
+        seq.retired_upto = 0;
         self.waiting.push_front(seq);
     }
 

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use ember_model::sparse::SparseLayout;
+
 use crate::block_manager::BlockTable;
 use crate::output::EngineEvent;
 use crate::request::{FinishReason, Usage};
@@ -69,6 +71,8 @@ pub(crate) struct Sequence {
     pub table: Option<BlockTable>,
     /// Prefix-cache hashes of the table's first `hashes.len()` blocks, all full.
     pub hashes: Vec<u64>,
+    /// Table blocks before this one have been looked at for retirement.
+    pub retired_upto: usize,
     pub last_token_at: Option<Instant>,
     pub finished: Option<FinishReason>,
 }
@@ -102,6 +106,7 @@ impl Sequence {
             computed: 0,
             table: None,
             hashes: Vec::new(),
+            retired_upto: 0,
             last_token_at: None,
             finished: None,
         }
@@ -113,5 +118,19 @@ impl Sequence {
 
     pub fn block_ids(&self) -> &[u32] {
         self.table.as_ref().map_or(&[], BlockTable::ids)
+    }
+
+    /// Gives back the blocks no query from `computed` on can see under
+    /// `layout`; the window only moves forward, so each block is looked at
+    /// until it is retired or found to stay (sinks, strides, spans).
+    pub fn retire_unseen(&mut self, layout: &SparseLayout, block_size: usize) {
+        let Some(table) = self.table.as_mut() else { return };
+        let behind = layout.window_start(self.computed) / block_size;
+        while self.retired_upto < behind {
+            if !layout.kv_block_needed(&self.global_spans, self.computed, self.retired_upto, block_size) {
+                table.retire(self.retired_upto);
+            }
+            self.retired_upto += 1;
+        }
     }
 }

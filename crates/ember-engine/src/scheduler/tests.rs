@@ -65,6 +65,7 @@ fn scheduler(num_blocks: usize, block_size: usize, max_num_batched_tokens: usize
     let config = SchedulerConfig {
         max_num_batched_tokens,
         max_num_seqs,
+        retire_unseen: None,
     };
     Scheduler::new(runner, config, Arc::new(EngineStats::default()), None)
 }
@@ -281,4 +282,45 @@ fn a_choice_stopped_by_its_stream_and_a_dropped_stream_free_everything() {
     let snapshot = s.stats.snapshot();
     assert_eq!((snapshot.requests_finished, snapshot.requests_cancelled), (1, 1));
     drop(stopped);
+}
+
+/// `kv_retention visible`: a generation far longer than the pool completes,
+/// holding only the sink, window and current blocks (plus the null block),
+/// and the blocks it gave back return to the pool when it ends.
+#[test]
+fn retiring_unseen_blocks_bounds_a_long_generation() {
+    let layout = ember_model::sparse::SparseLayout {
+        block: 4,
+        local: 1,
+        sinks: 4,
+        stride: 0,
+        dense_below: 0,
+    };
+    let runner = FakeRunner {
+        block_size: 4,
+        num_blocks: 12,
+        steps: Vec::new(),
+    };
+    let config = SchedulerConfig {
+        max_num_batched_tokens: 8,
+        max_num_seqs: 4,
+        retire_unseen: Some(layout),
+    };
+    let mut s = Scheduler::new(runner, config, Arc::new(EngineStats::default()), None);
+    // 20 + 200 tokens: 55 blocks if every block were kept, in a pool of 12.
+    let mut rx = submit(&mut s, 1, counting_from(1, 20), 200, 1);
+    let mut peak = 0;
+    let mut steps = 0;
+    while s.has_work() {
+        assert!(steps < 1000, "still busy");
+        s.step();
+        steps += 1;
+        peak = peak.max(s.planner.blocks().lock().num_used());
+    }
+    let (tokens, usage) = outputs(&mut rx);
+    assert_eq!(tokens[0], counting_from(21, 200));
+    assert!(usage.is_some());
+    // null + sink + window (this block and one before) + the next chunk's blocks.
+    assert!(peak <= 6, "peak {peak} blocks");
+    assert_eq!(s.planner.blocks().lock().num_used(), 1, "only the null block stays out");
 }

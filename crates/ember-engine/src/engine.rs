@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use ember_model::sparse::SparseLayout;
+
 use crate::error::{EngineError, Result};
 use crate::generation_defaults::GenerationDefaults;
 use crate::important;
@@ -198,6 +200,22 @@ struct Shared {
     info: EngineInfo,
     model: ModelInfo,
     next_id: AtomicU64,
+    /// The layout whose unseen blocks sequences give back, if they do.
+    retire_unseen: Option<SparseLayout>,
+}
+
+/// The largest `len <= max` for which `fits` holds (`fits` is monotone,
+/// true up to some length), or 0.
+fn longest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
+    if fits(max) {
+        return max;
+    }
+    let (mut low, mut high) = (0, max);
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if fits(mid) { low = mid } else { high = mid }
+    }
+    low
 }
 
 /// A cheap, cloneable way to submit requests to the engine thread.
@@ -255,7 +273,14 @@ impl EngineHandle {
                 "a KV cache of {budget} bytes holds no block of {bytes_per_block} bytes"
             )));
         }
-        let max_model_len = window.min(num_blocks * config.block_size);
+        let max_model_len = match &retire_unseen {
+            // One sequence holds every block of its length.
+            None => window.min(num_blocks * config.block_size),
+            // One sequence holds a bounded set (less the null block).
+            Some(layout) => longest_fitting(window, |len| {
+                layout.max_kv_blocks_held(len, config.max_num_batched_tokens, config.block_size) < num_blocks
+            }),
+        };
         let info = EngineInfo {
             num_blocks,
             block_size: config.block_size,
@@ -289,6 +314,7 @@ impl EngineHandle {
                 info,
                 model: model_info,
                 next_id: AtomicU64::new(1),
+                retire_unseen,
             }),
         })
     }
@@ -417,6 +443,25 @@ impl EngineHandle {
                 max_tokens,
                 max_model_len: info.max_model_len,
             });
+        }
+        // Blocks holding global spans are kept on top of the bounded set.
+        if let Some(layout) = &self.shared.retire_unseen {
+            let bs = info.block_size;
+            let span_blocks: usize = important::normalize(&request.global_spans, prompt)
+                .iter()
+                .map(|s| (s.end - 1) / bs - s.start / bs + 1)
+                .sum();
+            let held = layout.max_kv_blocks_held(prompt + max_tokens, info.max_num_batched_tokens, bs) + span_blocks;
+            if held >= info.num_blocks {
+                return Err(EngineError::InvalidParameter {
+                    field: "prompt",
+                    reason: format!(
+                        "its [IMPORTANT] spans need {span_blocks} KV blocks kept to the end, more than the cache \
+                         holds beside the window ({} blocks)",
+                        info.num_blocks
+                    ),
+                });
+            }
         }
         Ok(max_tokens)
     }

@@ -688,3 +688,49 @@ fn retiring_unseen_blocks_changes_no_answer() -> TestResult {
     assert!(matches!(refused, Err(EngineError::InvalidConfig(m)) if m.contains("sparse")));
     Ok(())
 }
+
+/// Under `visible` retention a cache far smaller than the window serves
+/// the whole window, since one sequence holds a bounded set: a 200-token
+/// prompt runs in a 40-token cache with the answer a roomy cache gives;
+/// spans that would not fit beside the window are refused up front.
+#[test]
+fn a_small_cache_serves_the_window_when_unseen_blocks_are_retired() -> TestResult {
+    use ember_engine::KvRetention;
+    use ember_model::LoadOptions;
+    use ember_model::sparse::SparseLayout;
+
+    let options = LoadOptions {
+        sparse: Some(SparseLayout {
+            block: 4,
+            local: 1,
+            sinks: 0,
+            stride: 0,
+            dense_below: 0,
+        }),
+        ..LoadOptions::default()
+    };
+    let start = |retention, tokens| -> anyhow::Result<EngineHandle> {
+        let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options.clone())?;
+        Ok(EngineHandle::start(
+            loaded,
+            EngineConfig {
+                kv_retention: retention,
+                max_num_batched_tokens: 4,
+                ..config(tokens)
+            },
+        )?)
+    };
+    let keep_all = start(KvRetention::All, 40)?;
+    assert_eq!(keep_all.info().max_model_len, 40, "kept whole, a sequence fits the cache only");
+    let small = start(KvRetention::Visible, 40)?;
+    assert_eq!(small.info().max_model_len, 256, "the window of qwen3-tiny");
+    let request = greedy(prompt(200, 9), 20);
+    let want = run_alone(&start(KvRetention::All, 1024)?, request.clone())?;
+    assert_same_output("200 tokens in a 40-token cache", &run_alone(&small, request)?, &want);
+    let spanned = GenerationRequest {
+        global_spans: vec![0..100],
+        ..greedy(prompt(200, 9), 20)
+    };
+    assert!(matches!(small.submit(spanned), Err(EngineError::InvalidParameter { field: "prompt", .. })));
+    Ok(())
+}

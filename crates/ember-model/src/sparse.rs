@@ -129,6 +129,23 @@ impl SparseLayout {
             || spans.iter().any(|s| s.start < end && s.end > start)
     }
 
+    /// The most KV blocks (of `kv_block` tokens) a sequence of `len` tokens
+    /// holds at once when it gives back every block `kv_block_needed` lets
+    /// go after each step of at most `chunk` tokens, global spans aside:
+    /// everything while it is below `dense_below`, then the sinks, the
+    /// strided blocks so far, the window and the chunk being computed.
+    pub fn max_kv_blocks_held(&self, len: usize, chunk: usize, kv_block: usize) -> usize {
+        let all = len.div_ceil(kv_block);
+        let dense = (self.dense_below + chunk).div_ceil(kv_block) + 1;
+        let sinks = self.sinks.div_ceil(kv_block);
+        let strided = match self.stride {
+            0 => 0,
+            s => len.div_ceil(self.block * s) * (self.block / kv_block),
+        };
+        let window = ((self.local + 1) * self.block + chunk).div_ceil(kv_block) + 2;
+        all.min(dense.max(sinks + strided + window))
+    }
+
     /// The first position of the window of a query at `q`: every key from
     /// it on is seen; 0 while `q` is below `dense_below`.
     pub fn window_start(&self, q: usize) -> usize {
@@ -288,6 +305,35 @@ mod tests {
                             "{layout:?} kv_block {kv_block} from {from} block {b}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Stepping a sequence through prefill chunks and decode steps, the
+    /// blocks it holds (those still needed plus the chunk's new ones) never
+    /// exceed `max_kv_blocks_held`, and the bound stays flat with length
+    /// when there is no stride.
+    #[test]
+    fn blocks_held_stay_under_the_bound() {
+        let kv_block = 8;
+        for (block, local, sinks, stride, dense_below) in [(8, 1, 0, 0, 0), (16, 2, 5, 3, 40), (32, 4, 64, 0, 256)] {
+            let layout = SparseLayout { block, local, sinks, stride, dense_below };
+            for chunk in [1, 24, 64] {
+                let (len, mut computed, mut peak) = (3000usize, 0usize, 0usize);
+                while computed < len {
+                    let step = if computed < 1000 { chunk } else { 1 }.min(len - computed);
+                    let kept = (0..computed.div_ceil(kv_block))
+                        .filter(|&b| layout.kv_block_needed(&[], computed, b, kv_block))
+                        .count();
+                    let new = (computed + step).div_ceil(kv_block) - computed.div_ceil(kv_block);
+                    peak = peak.max(kept + new);
+                    computed += step;
+                }
+                let bound = layout.max_kv_blocks_held(len, chunk, kv_block);
+                assert!(peak <= bound, "{layout:?} chunk {chunk}: held {peak} > bound {bound}");
+                if stride == 0 {
+                    assert_eq!(bound, layout.max_kv_blocks_held(100 * len, chunk, kv_block), "{layout:?}");
                 }
             }
         }

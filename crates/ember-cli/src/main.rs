@@ -8,6 +8,7 @@ mod cpu_args;
 mod chat;
 mod device;
 mod engine_args;
+mod eval;
 mod generate;
 mod model_args;
 mod serve;
@@ -31,6 +32,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure throughput and latency under concurrent load.
     Bench(bench::BenchArgs),
+    /// Long-context quality against an OpenAI-compatible server (RULER-style tasks).
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use ember_engine::{
     Completion, EngineConfig, EngineError, EngineHandle, EngineObserver, FinishReason, GenerationEvent,
-    GenerationRequest, KvCacheMemory, LoadedModel, LogitsProcessor, LogitsProcessorFactory, SamplingParams,
-    StepReport,
+    GenerationRequest, KvCacheMemory, KvRetention, LoadedModel, LogitsProcessor, LogitsProcessorFactory,
+    SamplingParams, StepReport,
 };
-use ember_model::{DType, Device};
+use ember_model::sparse::SparseLayout;
+use ember_model::{DType, Device, LoadOptions};
 
 type TestResult = anyhow::Result<()>;
 
@@ -32,6 +33,21 @@ fn config(tokens: usize) -> EngineConfig {
         block_size: 4,
         ..EngineConfig::default()
     }
+}
+
+/// qwen3-tiny under a sparse layout, prefilled in chunks of `chunk` tokens.
+fn sparse_engine(layout: SparseLayout, kv_retention: KvRetention, tokens: usize, chunk: usize) -> anyhow::Result<EngineHandle> {
+    let options = LoadOptions {
+        sparse: Some(layout),
+        ..LoadOptions::default()
+    };
+    let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options)?;
+    let config = EngineConfig {
+        kv_retention,
+        max_num_batched_tokens: chunk,
+        ..config(tokens)
+    };
+    Ok(EngineHandle::start(loaded, config)?)
 }
 
 /// Deterministic pseudo-random token ids below 500 (511 is eos).
@@ -574,8 +590,7 @@ fn generation_config_gives_the_sampling_defaults() -> TestResult {
 /// reuses only the blocks before the first span that differs.
 #[test]
 fn global_spans_reach_the_model_and_key_the_prefix_cache() -> TestResult {
-    use ember_model::sparse::SparseLayout;
-    use ember_model::{CausalLm, LoadOptions, LogitsMode, SequenceInput};
+    use ember_model::{CausalLm, LogitsMode, SequenceInput};
 
     let layout = SparseLayout {
         block: 4,
@@ -584,12 +599,11 @@ fn global_spans_reach_the_model_and_key_the_prefix_cache() -> TestResult {
         stride: 0,
         dense_below: 0,
     };
+    let engine = sparse_engine(layout, KvRetention::All, 512, 512)?;
     let options = LoadOptions {
         sparse: Some(layout),
         ..LoadOptions::default()
     };
-    let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options.clone())?;
-    let engine = EngineHandle::start(loaded, config(512))?;
     let tokens = prompt(60, 3);
     let spans = vec![10..14];
     let with_spans = |tokens: Vec<u32>| GenerationRequest {
@@ -638,31 +652,14 @@ fn global_spans_reach_the_model_and_key_the_prefix_cache() -> TestResult {
 /// would preempt; and the pool is whole again afterwards.
 #[test]
 fn retiring_unseen_blocks_changes_no_answer() -> TestResult {
-    use ember_engine::KvRetention;
-    use ember_model::LoadOptions;
-    use ember_model::sparse::SparseLayout;
-
-    let options = LoadOptions {
-        sparse: Some(SparseLayout {
-            block: 8,
-            local: 1,
-            sinks: 4,
-            stride: 3,
-            dense_below: 16,
-        }),
-        ..LoadOptions::default()
+    let layout = SparseLayout {
+        block: 8,
+        local: 1,
+        sinks: 4,
+        stride: 3,
+        dense_below: 16,
     };
-    let start = |retention, tokens| -> anyhow::Result<EngineHandle> {
-        let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options.clone())?;
-        Ok(EngineHandle::start(
-            loaded,
-            EngineConfig {
-                kv_retention: retention,
-                max_num_batched_tokens: 24,
-                ..config(tokens)
-            },
-        )?)
-    };
+    let start = |retention, tokens| sparse_engine(layout, retention, tokens, 24);
     let requests: Vec<GenerationRequest> = (0..4)
         .map(|i| GenerationRequest {
             global_spans: vec![20..26],
@@ -695,31 +692,14 @@ fn retiring_unseen_blocks_changes_no_answer() -> TestResult {
 /// spans that would not fit beside the window are refused up front.
 #[test]
 fn a_small_cache_serves_the_window_when_unseen_blocks_are_retired() -> TestResult {
-    use ember_engine::KvRetention;
-    use ember_model::LoadOptions;
-    use ember_model::sparse::SparseLayout;
-
-    let options = LoadOptions {
-        sparse: Some(SparseLayout {
-            block: 4,
-            local: 1,
-            sinks: 0,
-            stride: 0,
-            dense_below: 0,
-        }),
-        ..LoadOptions::default()
+    let layout = SparseLayout {
+        block: 4,
+        local: 1,
+        sinks: 0,
+        stride: 0,
+        dense_below: 0,
     };
-    let start = |retention, tokens| -> anyhow::Result<EngineHandle> {
-        let loaded = LoadedModel::open_with(&fixture("qwen3-tiny"), &Device::flex(), DType::F32, options.clone())?;
-        Ok(EngineHandle::start(
-            loaded,
-            EngineConfig {
-                kv_retention: retention,
-                max_num_batched_tokens: 4,
-                ..config(tokens)
-            },
-        )?)
-    };
+    let start = |retention, tokens| sparse_engine(layout, retention, tokens, 4);
     let keep_all = start(KvRetention::All, 40)?;
     assert_eq!(keep_all.info().max_model_len, 40, "kept whole, a sequence fits the cache only");
     let small = start(KvRetention::Visible, 40)?;

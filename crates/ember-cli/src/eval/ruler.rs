@@ -284,7 +284,7 @@ mod tests {
     fn needles_sit_at_their_depth_and_can_be_marked() {
         let plan = Plan::new(Task::NiahSingle, 1, 0, false);
         let sample = plan.render(100);
-        let needle_at = sample.prompt.find("special magic").unwrap_or(0) as f64;
+        let needle_at = sample.prompt.find("One of the special magic").unwrap_or(0) as f64;
         let haystack = sample.prompt.len() as f64;
         assert!((needle_at / haystack - sample.depth).abs() < 0.1, "{} vs {}", needle_at / haystack, sample.depth);
         let marked = Plan::new(Task::NiahSingle, 1, 0, true).render(100);

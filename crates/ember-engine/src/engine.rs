@@ -334,7 +334,8 @@ impl EngineHandle {
 
     /// Queues a request. Everything that can be checked before it runs is
     /// checked here, so a bad request never reaches the batch.
-    pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
+    pub fn submit(&self, mut request: GenerationRequest) -> Result<GenerationStream> {
+        request.global_spans = important::normalize(&request.global_spans, request.prompt.len());
         let max_tokens = self.validate(&request)?;
         let shared = &self.shared;
         let waiting = shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -354,7 +355,7 @@ impl EngineHandle {
         let stop_ids: Arc<[u32]> = stop_ids.into();
         // Built once and shared by the choices: it sorts the prompt.
         let history = TokenHistory::new(&request.prompt);
-        let global_spans: Arc<[Range<usize>]> = important::normalize(&request.global_spans, request.prompt.len()).into();
+        let global_spans: Arc<[Range<usize>]> = request.global_spans.as_slice().into();
         let signals = Arc::new(StopSignals::new(request.n));
         let sequences = (0..request.n)
             .map(|index| {
@@ -447,7 +448,9 @@ impl EngineHandle {
         // Blocks holding global spans are kept on top of the bounded set.
         if let Some(layout) = &self.shared.retire_unseen {
             let bs = info.block_size;
-            let span_blocks: usize = important::normalize(&request.global_spans, prompt)
+            // Normalized by `submit`: sorted, disjoint, inside the prompt.
+            let span_blocks: usize = request
+                .global_spans
                 .iter()
                 .map(|s| (s.end - 1) / bs - s.start / bs + 1)
                 .sum();

@@ -16,10 +16,13 @@ ember=${EMBER_BIN:-${CARGO_TARGET_DIR:-target}/release/ember}
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$(mktemp)
 rope='{"rope_type":"yarn","factor":8,"original_max_position_embeddings":8192}'
+# A dense 64K prefill takes about an hour here: no request timeout.
+config=$(mktemp --suffix .toml)
+printf '[server]\nrequest_timeout_secs = 0\n' >"$config"
 
-"$ember" serve --port "$port" --rope-scaling "$rope" "$@" 2>"$log" &
+"$ember" serve --port "$port" --config "$config" --rope-scaling "$rope" "$@" 2>"$log" &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill $server 2>/dev/null || true; rm -f "$log" "$config"' EXIT
 for _ in $(seq 600); do
   curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
   kill -0 $server 2>/dev/null || { cat "$log" >&2; exit 1; }

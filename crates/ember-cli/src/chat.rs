@@ -1,12 +1,14 @@
 //! `ember chat`: an interactive terminal chat. Each turn renders the whole
-//! history through the model's chat template and streams the answer.
+//! history as the server renders a chat request (the model's chat template,
+//! `[IMPORTANT]` spans under sparse attention) and streams the answer.
 //! `/reset` forgets the history, `/exit` (or end of input) quits.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
-use ember_engine::{EngineHandle, FinishReason, GenerationEvent, GenerationRequest, RenderOptions, SamplingParams};
-use serde_json::{Value, json};
+use ember_engine::{EngineHandle, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
+use ember_gateway::backend::local::prompt::chat_prompt;
+use ember_gateway::openai::ChatMessage;
 
 use crate::engine_args::EngineArgs;
 use crate::model_args::ModelArgs;
@@ -35,7 +37,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let engine = EngineHandle::start(loaded, args.engine.single_sequence_config()?)?;
     let model = engine.model();
     let defaults = model.generation_defaults.sampling();
-    let (Some(_), Some(template)) = (&model.tokenizer, &model.chat_template) else {
+    let (Some(_), Some(_)) = (&model.tokenizer, &model.chat_template) else {
         bail!("{}: chat needs a tokenizer and a chat template", model.path.display());
     };
     let interactive = std::io::stdin().is_terminal();
@@ -44,12 +46,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    let fresh_history = || -> Vec<Value> {
-        args.system
-            .iter()
-            .map(|s| json!({"role": "system", "content": s}))
-            .collect()
-    };
+    let fresh_history = || -> Vec<ChatMessage> { args.system.iter().map(|s| ChatMessage::text("system", s.as_str())).collect() };
     let mut history = fresh_history();
     let mut stdout = std::io::stdout().lock();
     eprintln!("{}", engine.info());
@@ -74,13 +71,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        history.push(json!({"role": "user", "content": model.mark_important(&line)}));
-        let rendered = template.render(RenderOptions {
-            messages: &history,
-            tools: None::<&[Value]>,
-            add_generation_prompt: true,
-        })?;
-        let prompt = model.encode_prompt(&rendered, false)?;
+        history.push(ChatMessage::text("user", line));
+        let prompt = chat_prompt(model, &history, usize::MAX, None, true, false)?;
         let request = GenerationRequest {
             max_tokens: Some(args.max_tokens),
             sampling: SamplingParams {
@@ -112,7 +104,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             }
         }
         writeln!(stdout)?;
-        history.push(json!({"role": "assistant", "content": answer.trim()}));
+        history.push(ChatMessage::text("assistant", answer.trim()));
     }
     Ok(())
 }

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use ember_engine::{
-    EncodedPrompt, EngineHandle, FinishReason, GenerationEvent, GenerationRequest, ModelInfo, RenderOptions, SamplingParams,
-};
+use ember_engine::{EncodedPrompt, EngineHandle, FinishReason, GenerationEvent, GenerationRequest, ModelInfo, SamplingParams};
+use ember_gateway::backend::local::prompt::chat_prompt;
+use ember_gateway::openai::ChatMessage;
 use serde_json::json;
 
 use crate::engine_args::EngineArgs;
@@ -64,20 +64,14 @@ fn prompt(args: &GenerateArgs, model: &ModelInfo) -> Result<EncodedPrompt> {
             model.path.display()
         );
     }
-    let text = model.mark_important(text);
     if !args.chat {
-        return Ok(model.encode_prompt(&text, true)?);
+        return Ok(model.encode_prompt(&model.mark_important(text), true)?);
     }
-    let Some(template) = &model.chat_template else {
+    if model.chat_template.is_none() {
         bail!("{}: the model has no chat template, so --chat cannot be used", model.path.display());
-    };
-    let rendered = template.render(RenderOptions {
-        messages: &[json!({"role": "user", "content": text.as_ref()})],
-        tools: None::<&[serde_json::Value]>,
-        add_generation_prompt: true,
-    })?;
-    // The rendered template already holds its special tokens.
-    Ok(model.encode_prompt(&rendered, false)?)
+    }
+    // One user turn, rendered as the server renders a chat request.
+    Ok(chat_prompt(model, &[ChatMessage::text("user", text.as_str())], 1, None, true, false)?)
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {

@@ -10,6 +10,9 @@ use actix_web::{App, HttpServer, web};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use ember_engine::{EngineHandle, LoadedModel};
+use ember_gateway::backend::build::{build_router, describe, wants_local};
+use ember_gateway::backend::health::spawn_checks;
+use ember_gateway::backend::local::LocalBackend;
 use ember_gateway::{AppState, GatewayMetrics, ServeConfig};
 use ember_model::rope::RopeScalingOverride;
 
@@ -54,10 +57,15 @@ pub struct ServeArgs {
     rope_scaling: Option<RopeScalingOverride>,
     #[command(flatten)]
     engine: EngineArgs,
+    /// An OpenAI-compatible server to route to (repeatable): every model
+    /// its `/v1/models` lists is served; servers listing the same model are
+    /// its replicas. Without `--model`, no model is loaded here.
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
 }
 
-/// The config file with the flags laid over it.
-fn settings(args: ServeArgs) -> Result<ServeConfig> {
+/// The config file with the flags laid over it, and the `--upstream` URLs.
+fn settings(args: ServeArgs) -> Result<(ServeConfig, Vec<String>)> {
     let mut c = match &args.config {
         Some(path) => ServeConfig::from_file(path)?,
         None => ServeConfig::default(),
@@ -96,7 +104,7 @@ fn settings(args: ServeArgs) -> Result<ServeConfig> {
         a.keep_markers = Some(true);
     }
     args.engine.overlay(&mut c.engine);
-    Ok(c)
+    Ok((c, args.upstream))
 }
 
 fn parse_choice<T: ValueEnum>(value: Option<&str>, what: &str) -> Result<Option<T>> {
@@ -112,7 +120,53 @@ pub fn run(args: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let c = settings(args)?;
+    let (c, upstreams) = settings(args)?;
+    let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
+    let s = &c.server;
+    let local = match wants_local(&c, &upstreams) {
+        true => Some(start_local(&c, metrics.clone())?),
+        false => None,
+    };
+    let router = Arc::new(build_router(&c, &upstreams, local, Some(metrics.clone()))?);
+    tracing::info!("routes: {}", describe(&router));
+    let state = web::Data::new(AppState::with_router(router.clone(), s.limits(), s.api_keys.clone(), metrics));
+
+    let (host, port, workers) = (s.host.clone(), s.port, s.workers);
+    let shutdown = s.shutdown_timeout_secs;
+    let auth = if s.api_keys.is_empty() { "open (no API keys)" } else { "API keys required" };
+    actix_web::rt::System::new().block_on(async move {
+        spawn_checks(&router);
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || App::new().configure(ember_gateway::configure(app_state.clone())))
+            // A client that closes its sending side has hung up, as uvicorn
+            // (and so vLLM) treats it: actix's default keeps a half-closed
+            // connection's handler running, so a queued or non-streamed
+            // request would still be prefilled and generated for nobody.
+            .h1_allow_half_closed(false)
+            .shutdown_timeout(shutdown)
+            .disable_signals()
+            // HTTP/1.1, and h2c for clients (such as another Ember) that speak it.
+            .bind_auto_h2c((host.as_str(), port))
+            .with_context(|| format!("cannot listen on {host}:{port}"))?;
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        tracing::info!("listening on http://{host}:{port} ({auth})");
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: no new requests, finishing streams (up to {shutdown} s)");
+            state.begin_shutdown();
+            handle.stop(true).await;
+        });
+        server.await.context("server error")
+    })
+}
+
+/// The model of `[model]` (the default model when none is named), loaded
+/// in the background so the port answers `/health` (503) meanwhile.
+fn start_local(c: &ServeConfig, metrics: Arc<GatewayMetrics>) -> Result<Arc<LocalBackend>> {
     let model_path = match &c.model.path {
         Some(p) => p.clone(),
         None => crate::model_args::default_model()?,
@@ -142,13 +196,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let markers = attention.markers()?;
     load_options.rope_scaling = c.model.rope_scaling.clone();
     let served = c.model.served_model_name.clone().unwrap_or_else(|| default_served_name(&model_path));
-    let metrics = Arc::new(GatewayMetrics::new().context("setting up metrics")?);
-    let engine_config = c.engine.engine_config(Some(metrics.clone()))?;
-    let s = &c.server;
-    let state = web::Data::new(AppState::new(served.clone(), s.limits(), s.api_keys.clone(), metrics));
+    let engine_config = c.engine.engine_config(Some(metrics))?;
+    let local = Arc::new(LocalBackend::new("local", served.clone(), c.server.max_messages));
 
-    // Load in the background: the port answers /health (503) meanwhile.
-    let loading = state.clone();
+    let loading = local.clone();
     let device = device.device()?;
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
@@ -178,36 +229,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
         }
     });
-
-    let (host, port, workers) = (s.host.clone(), s.port, s.workers);
-    let shutdown = s.shutdown_timeout_secs;
-    let auth = if s.api_keys.is_empty() { "open (no API keys)" } else { "API keys required" };
-    actix_web::rt::System::new().block_on(async move {
-        let app_state = state.clone();
-        let mut server = HttpServer::new(move || App::new().configure(ember_gateway::configure(app_state.clone())))
-            // A client that closes its sending side has hung up, as uvicorn
-            // (and so vLLM) treats it: actix's default keeps a half-closed
-            // connection's handler running, so a queued or non-streamed
-            // request would still be prefilled and generated for nobody.
-            .h1_allow_half_closed(false)
-            .shutdown_timeout(shutdown)
-            .disable_signals()
-            .bind((host.as_str(), port))
-            .with_context(|| format!("cannot listen on {host}:{port}"))?;
-        if workers > 0 {
-            server = server.workers(workers);
-        }
-        tracing::info!("listening on http://{host}:{port} ({auth})");
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: no new requests, finishing streams (up to {shutdown} s)");
-            state.begin_shutdown();
-            handle.stop(true).await;
-        });
-        server.await.context("server error")
-    })
+    Ok(local)
 }
 
 /// SIGINT or SIGTERM.

@@ -39,6 +39,115 @@ pub struct ServeConfig {
     pub engine: EngineSection,
     #[serde(default)]
     pub attention: AttentionSection,
+    /// Backends: the engine in this process (`kind = "local"`) and
+    /// OpenAI-compatible servers (`kind = "openai"`).
+    #[serde(default)]
+    pub backends: Vec<BackendSection>,
+    /// Served model names and the backends that answer them.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// The model of `[model]`, loaded in this process.
+    Local,
+    /// An OpenAI-compatible server.
+    #[default]
+    Openai,
+}
+
+/// `[[backends]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub name: String,
+    #[serde(default)]
+    pub kind: BackendKind,
+    /// The API root of an `openai` backend, e.g. `http://10.0.0.5:8000/v1`.
+    pub base_url: Option<String>,
+    /// The environment variable holding its API key (the key itself never
+    /// goes in the file or the logs).
+    pub api_key_env: Option<String>,
+    /// The backend's own name for the routed model; the route's name when absent.
+    pub model: Option<String>,
+    pub max_concurrency: Option<usize>,
+    /// Share under the `weighted` strategy.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// HTTP/2 without TLS (h2c, prior knowledge).
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default = "connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// Until the status line; 0: none.
+    #[serde(default = "first_byte_timeout")]
+    pub first_byte_timeout_secs: f64,
+    /// The whole request; 0: none (the server's request timeout still applies).
+    #[serde(default)]
+    pub timeout_secs: f64,
+    /// Active health check interval; 0: off.
+    #[serde(default = "health_check")]
+    pub health_check_secs: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn connect_timeout() -> f64 {
+    5.0
+}
+fn first_byte_timeout() -> f64 {
+    600.0
+}
+fn health_check() -> f64 {
+    10.0
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The name clients send as `model`.
+    pub model: String,
+    /// Names of `[[backends]]`.
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub strategy: crate::backend::router::Strategy,
+    /// More names clients may send for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// `[routing]`: retries and the circuit breaker, for every route.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// Other backends tried when one fails before its first byte.
+    pub retries: usize,
+    /// Before the first retry; doubles with each further one.
+    pub backoff_ms: u64,
+    /// Consecutive failures that put a backend in cooldown.
+    pub allowed_fails: u32,
+    pub cooldown_secs: f64,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        let p = crate::backend::router::Policy::default();
+        Self {
+            retries: p.retries,
+            backoff_ms: p.backoff.as_millis() as u64,
+            allowed_fails: p.allowed_fails,
+            cooldown_secs: p.cooldown.as_secs_f64(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -3,6 +3,7 @@
 //! the `ember serve` binary and the HTTP tests use the same function, so
 //! tests run the real configuration.
 
+pub mod backend;
 mod chat;
 mod completions;
 pub mod config;
@@ -12,12 +13,9 @@ pub mod metrics;
 mod middleware;
 pub mod openai;
 mod params;
-mod response_format;
 mod routes;
 pub mod state;
 mod streams;
-mod tool_parser;
-mod tools;
 
 use actix_web::web;
 

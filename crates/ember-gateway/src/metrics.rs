@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use ember_engine::{EngineObserver, FinishReason, StepReport, Usage};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct GatewayMetrics {
@@ -24,6 +25,9 @@ pub struct GatewayMetrics {
     generation_tokens: IntCounter,
     request_success: IntCounterVec,
     http_requests: IntCounterVec,
+    backend_requests: IntCounterVec,
+    backend_latency: HistogramVec,
+    backend_outstanding: IntGaugeVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Histogram> {
@@ -78,12 +82,48 @@ impl GatewayMetrics {
                 &r,
                 IntCounterVec::new(Opts::new("ember:http_requests_total", "HTTP requests by route and status."), &["route", "status"])?,
             )?,
+            backend_requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ember:backend_requests_total",
+                        "Attempts on each backend by outcome: success, error (after it started answering), failed (before; \
+                         retried on another backend when one is left), rejected (the request itself was refused), cancelled \
+                         (the client went away).",
+                    ),
+                    &["backend", "outcome"],
+                )?,
+            )?,
+            backend_latency: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("ember:backend_request_duration_seconds", "Attempts on each backend, start to end.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["backend"],
+                )?,
+            )?,
+            backend_outstanding: register(
+                &r,
+                IntGaugeVec::new(Opts::new("ember:backend_outstanding_requests", "Requests in flight on each backend."), &["backend"])?,
+            )?,
             registry: r,
         })
     }
 
     pub fn record_http(&self, route: &str, status: u16) {
         self.http_requests.with_label_values(&[route, &status.to_string()]).inc();
+    }
+
+    /// An attempt on `backend` began.
+    pub fn backend_started(&self, backend: &str) {
+        self.backend_outstanding.with_label_values(&[backend]).inc();
+    }
+
+    /// An attempt on `backend` ended with `outcome`.
+    pub fn backend_finished(&self, backend: &str, outcome: &str, elapsed: Duration) {
+        self.backend_outstanding.with_label_values(&[backend]).dec();
+        self.backend_requests.with_label_values(&[backend, outcome]).inc();
+        self.backend_latency.with_label_values(&[backend]).observe(elapsed.as_secs_f64());
     }
 
     /// The text exposition format.

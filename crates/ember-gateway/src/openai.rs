@@ -66,12 +66,28 @@ pub trait KnownFields {
     /// Whether the sampling fields are accepted too.
     const SAMPLING: bool = true;
 
-    /// The first field of `body` that is not in `FIELDS` or the sampling fields.
-    fn unknown_field(body: &Value) -> Option<String> {
-        let known = |k: &str| Self::FIELDS.contains(&k) || (Self::SAMPLING && SAMPLING_FIELDS.contains(&k));
-        body.as_object()?.keys().find(|k| !known(k)).cloned()
+    /// The first field of `body` that is not in `FIELDS`, the sampling
+    /// fields or vLLM's extensions.
+    fn unknown_field(body: &serde_json::Map<String, Value>) -> Option<String> {
+        let known = |k: &str| {
+            Self::FIELDS.contains(&k) || (Self::SAMPLING && (SAMPLING_FIELDS.contains(&k) || VLLM_EXTENSIONS.contains(&k)))
+        };
+        body.keys().find(|k| !known(k)).cloned()
     }
 }
+
+/// vLLM's extra request fields beyond the sampling ones Ember implements
+/// (vllm/entrypoints/openai/protocol.py): accepted so they reach upstream
+/// servers that understand them; the engine in this process refuses them
+/// by name.
+pub const VLLM_EXTENSIONS: &[&str] = &[
+    "use_beam_search", "length_penalty", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
+    "spaces_between_special_tokens", "truncate_prompt_tokens", "prompt_logprobs", "allowed_token_ids", "bad_words",
+    "add_generation_prompt", "continue_final_message", "add_special_tokens", "documents", "chat_template",
+    "chat_template_kwargs", "mm_processor_kwargs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+    "guided_decoding_backend", "guided_whitespace_pattern", "structured_outputs", "priority", "request_id",
+    "return_tokens_as_token_ids", "return_token_ids", "cache_salt", "kv_transfer_params", "vllm_xargs",
+];
 
 impl KnownFields for ChatCompletionRequest {
     const FIELDS: &'static [&'static str] = &[
@@ -129,6 +145,21 @@ pub struct ChatMessage {
     pub reasoning_content: Option<String>,
 }
 
+impl ChatMessage {
+    /// A message of plain text.
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: Some(MessageContent::Text(content.into())),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+            refusal: None,
+            reasoning_content: None,
+        }
+    }
+}
+
 /// A message's content: a string, or an array of typed parts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -180,8 +211,8 @@ pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
 
-impl From<ember_engine::Usage> for Usage {
-    fn from(u: ember_engine::Usage) -> Self {
+impl From<crate::backend::Usage> for Usage {
+    fn from(u: crate::backend::Usage) -> Self {
         Self {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
@@ -194,18 +225,23 @@ impl From<ember_engine::Usage> for Usage {
 }
 
 /// One alternative in chat logprobs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
-    pub bytes: Vec<u8>,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A token's logprob entry, as chat completions show it (completions'
+/// legacy shape is built from the same entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenLogprobJson {
     pub token: String,
     pub logprob: f32,
-    pub bytes: Vec<u8>,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    #[serde(default)]
     pub top_logprobs: Vec<TopLogprob>,
 }
 

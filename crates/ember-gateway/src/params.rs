@@ -6,7 +6,7 @@ use actix_web::web;
 use ember_engine::engine::MAX_N;
 use ember_engine::{EncodedPrompt, EngineError, EngineHandle, GenerationDefaults, GenerationRequest, GenerationStream, SamplingParams};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::openai::{KnownFields, SamplingFields};
@@ -15,17 +15,24 @@ use crate::openai::{KnownFields, SamplingFields};
 const MAX_STOPS: usize = 16;
 
 /// Parses a JSON body into `T` and the shared sampling fields, refusing
-/// unknown fields by name and naming the path of a mistyped one.
-pub fn parse_body<T: DeserializeOwned + KnownFields>(body: web::Json<Value>) -> Result<(T, SamplingFields), ApiError> {
-    let body = body.into_inner();
-    if !body.is_object() {
+/// unknown fields by name and naming the path of a mistyped one; the body
+/// itself comes back too, for backends that pass it on.
+pub fn parse_body<T: DeserializeOwned + KnownFields>(
+    body: web::Json<Value>,
+) -> Result<(T, SamplingFields, Map<String, Value>), ApiError> {
+    let Value::Object(body) = body.into_inner() else {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
-    }
+    };
     if let Some(field) = T::unknown_field(&body) {
         return Err(ApiError::invalid(field.clone(), format!("unknown field `{field}`")));
     }
-    let sampling = if T::SAMPLING { deserialize(body.clone())? } else { SamplingFields::default() };
-    Ok((deserialize(body)?, sampling))
+    let sampling = if T::SAMPLING {
+        deserialize(Value::Object(body.clone()))?
+    } else {
+        SamplingFields::default()
+    };
+    let parsed = deserialize(Value::Object(body.clone()))?;
+    Ok((parsed, sampling, body))
 }
 
 fn deserialize<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {

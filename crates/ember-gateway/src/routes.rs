@@ -2,17 +2,18 @@
 //! `/v1/models`, `/health` and `/metrics`.
 
 use actix_web::{HttpResponse, web};
-use ember_engine::FinishReason;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::chat::chat_prompt;
+use crate::backend::local::prompt;
+use crate::backend::router::Route;
+use crate::backend::{BackendRequest, Endpoint, Event};
 use crate::error::ApiError;
-use crate::openai::{ChatMessage, KnownFields};
-use crate::params::{LengthFields, encode_prompts, generation_request, off_workers, parse_body, submit};
+use crate::openai::{ChatMessage, CompletionRequest, KnownFields, PromptField};
+use crate::params::{off_workers, parse_body};
 use crate::state::AppState;
-use crate::streams::{Frame, collect, merge, sse_body, sse_response};
-use crate::tools::Tools;
+use crate::streams::{collect, sse_body, sse_response};
+use crate::backend::local::tools::Tools;
 
 /// The seed API: `{"prompt", "max_tokens", "temperature", "top_p", "stream"}` -> `{"text"}`.
 #[derive(Debug, Deserialize)]
@@ -26,47 +27,50 @@ impl KnownFields for GenerateRequest {
 }
 
 pub async fn generate(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let (req, sampling): (GenerateRequest, _) = parse_body(body)?;
-    let engine = state.engine()?.clone();
-    if engine.model().tokenizer.is_none() {
-        return Err(ApiError::bad_request("this model has no tokenizer"));
-    }
-    let prompt = encode_prompts(engine.clone(), vec![req.prompt], true)
-        .await?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let request = generation_request(
-        prompt,
-        &sampling,
-        &engine.model().generation_defaults,
-        Some(("max_tokens", req.max_tokens.unwrap_or(128))),
-        false,
-        None,
-        Vec::new(),
-    )?;
-    if request.n != 1 {
+    let (req, sampling, mut body): (GenerateRequest, _, _) = parse_body(body)?;
+    if sampling.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("n", "/generate returns one text; use /v1/completions for n > 1"));
     }
-    let fields = LengthFields {
-        prompt: "prompt",
-        max_tokens: "max_tokens",
+    // The seed API has no `model`: the model in this server, else the
+    // first routed one; the request goes on as a completions request.
+    let model = match state.router.local(None) {
+        Ok(local) => local.served_name().to_owned(),
+        Err(_) => state.router.routes().first().map(|r| r.name.clone()).ok_or_else(ApiError::loading)?,
     };
-    let items = merge(vec![submit(&engine, request, fields).await?], 1, state.limits.request_timeout);
-    if sampling.stream.unwrap_or(false) {
-        let body = sse_body(items, |frame| match frame {
-            Frame::Delta { text, .. } if text.is_empty() => None,
-            Frame::Delta { text, .. } => Some(json!({"text": text})),
-            Frame::Finish { reason, .. } => Some(json!({"text": "", "finish_reason": reason})),
-            Frame::Usage(_) => None,
+    let max_tokens = req.max_tokens.unwrap_or(128);
+    body.insert("model".into(), json!(model));
+    body.insert("max_tokens".into(), json!(max_tokens));
+    let completion = CompletionRequest {
+        model: model.clone(),
+        prompt: PromptField::Text(req.prompt),
+        max_tokens: Some(max_tokens),
+        logprobs: None,
+        echo: None,
+        suffix: None,
+        best_of: None,
+        logit_bias: None,
+    };
+    let stream = sampling.stream.unwrap_or(false);
+    let request = BackendRequest {
+        endpoint: Endpoint::Completions(Box::new(completion)),
+        sampling,
+        body,
+    };
+    let events = state.start(&model, request).await?;
+    if stream {
+        let body = sse_body(events, |event| match event {
+            Event::Text { text, .. } if text.is_empty() => None,
+            Event::Text { text, .. } => Some(json!({"text": text})),
+            Event::Finish { reason, .. } => Some(json!({"text": "", "finish_reason": reason})),
+            _ => None,
         });
         return Ok(sse_response(body));
     }
-    let (choices, usage) = collect(items).await?;
+    let (choices, usage) = collect(events).await?;
     let choice = choices.into_iter().next().unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({
         "text": choice.text,
-        "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str),
+        "finish_reason": choice.finish_reason,
         "usage": crate::openai::Usage::from(usage),
     })))
 }
@@ -97,12 +101,11 @@ impl KnownFields for TokenizeRequest {
 }
 
 pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let (req, _): (TokenizeRequest, _) = parse_body(body)?;
-    let engine = state.engine()?.clone();
-    if let Some(model) = &req.model {
-        state.check_model(model)?;
-    }
-    let max_messages = state.limits.max_messages;
+    let (req, _, _): (TokenizeRequest, _, _) = parse_body(body)?;
+    let local = state.router.local(req.model.as_deref())?.clone();
+    let engine = local.engine()?.clone();
+    let max_messages = local.max_messages();
+    let max_model_len = engine.info().max_model_len;
     // The prompt the model would get: `[IMPORTANT]` markers are taken out
     // under sparse attention, as a generation request takes them out.
     let tokens = off_workers(move || {
@@ -119,16 +122,15 @@ pub async fn tokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Res
                 let tools = Tools::from_request(req.tools.as_ref(), None, None)?;
                 let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
                 let add_special_tokens = req.add_special_tokens.unwrap_or(false);
-                Ok(chat_prompt(info, &messages, max_messages, tools.as_ref(), add_generation_prompt, add_special_tokens)?.ids)
+                Ok(prompt::chat_prompt(info, &messages, max_messages, tools.as_ref(), add_generation_prompt, add_special_tokens)?.ids)
             }
             _ => Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),
         }
     })
     .await?;
-    let engine = state.engine()?;
     Ok(HttpResponse::Ok().json(json!({
         "count": tokens.len(),
-        "max_model_len": engine.info().max_model_len,
+        "max_model_len": max_model_len,
         "tokens": tokens,
     })))
 }
@@ -146,11 +148,8 @@ impl KnownFields for DetokenizeRequest {
 }
 
 pub async fn detokenize(state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let (req, _): (DetokenizeRequest, _) = parse_body(body)?;
-    let engine = state.engine()?;
-    if let Some(model) = &req.model {
-        state.check_model(model)?;
-    }
+    let (req, _, _): (DetokenizeRequest, _, _) = parse_body(body)?;
+    let engine = state.router.local(req.model.as_deref())?.engine()?;
     let info = engine.model();
     let tokenizer = info.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
     let vocab = info.config.vocab_size;
@@ -162,30 +161,51 @@ pub async fn detokenize(state: web::Data<AppState>, body: web::Json<Value>) -> R
     Ok(HttpResponse::Ok().json(json!({"prompt": text})))
 }
 
-fn model_card(state: &AppState) -> Value {
-    let max_model_len = state.engine().ok().map(|e| e.info().max_model_len);
+/// A route as `/v1/models` shows it; the window is the local engine's, or
+/// the smallest an upstream replica reported.
+fn model_card(state: &AppState, route: &Route) -> Value {
+    let max_model_len = route
+        .targets
+        .iter()
+        .filter_map(|t| match t.slot.backend.as_local() {
+            Some(local) => local.engine().ok().map(|e| e.info().max_model_len),
+            None => t.max_model_len,
+        })
+        .min();
+    let owned_by = if route.targets.iter().all(|t| t.slot.backend.as_local().is_some()) { "ember" } else { "upstream" };
     json!({
-        "id": state.model_name,
+        "id": route.name,
         "object": "model",
         "created": state.started,
-        "owned_by": "ember",
+        "owned_by": owned_by,
         "max_model_len": max_model_len,
     })
 }
 
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"object": "list", "data": [model_card(&state)]}))
+    let mut data = Vec::new();
+    for route in state.router.routes() {
+        data.push(model_card(&state, &route));
+        for alias in &route.aliases {
+            let mut card = model_card(&state, &route);
+            card["id"] = json!(alias);
+            data.push(card);
+        }
+    }
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
 pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    state.check_model(&id)?;
-    Ok(HttpResponse::Ok().json(model_card(&state)))
+    let route = state.router.route(&id)?;
+    let mut card = model_card(&state, &route);
+    card["id"] = json!(id.as_str());
+    Ok(HttpResponse::Ok().json(card))
 }
 
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     if state.is_shutting_down() {
         HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
-    } else if state.is_loaded() {
+    } else if state.is_ready() {
         HttpResponse::Ok().json(json!({"status": "ok"}))
     } else {
         HttpResponse::ServiceUnavailable().json(json!({"status": "loading"}))

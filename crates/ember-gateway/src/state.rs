@@ -1,16 +1,21 @@
-//! What every handler shares: the engine (once loaded), the served name,
-//! limits, keys and metrics.
+//! What every handler shares: the router (and through it the engine in
+//! this process, once loaded), limits, keys and metrics.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ember_engine::EngineHandle;
+use futures_util::stream::{self, StreamExt};
+use tokio::time::Instant;
 
+use crate::backend::local::LocalBackend;
+use crate::backend::router::{Policy, Route, Router, Slot, Target};
+use crate::backend::{BackendRequest, Event, EventStream};
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 
-/// Request limits enforced before a request reaches the engine.
+/// Request limits enforced before a request reaches a backend.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
@@ -26,8 +31,7 @@ impl Default for Limits {
 }
 
 pub struct AppState {
-    engine: OnceLock<EngineHandle>,
-    pub model_name: String,
+    pub router: Arc<Router>,
     pub limits: Limits,
     pub api_keys: Vec<String>,
     pub metrics: Arc<GatewayMetrics>,
@@ -37,10 +41,27 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A server for one model in this process, named `model_name`; the
+    /// engine comes later, through `set_engine`.
     pub fn new(model_name: String, limits: Limits, api_keys: Vec<String>, metrics: Arc<GatewayMetrics>) -> Self {
+        let local = Arc::new(LocalBackend::new("local", model_name.clone(), limits.max_messages));
+        let route = Route::new(
+            model_name.clone(),
+            vec![Target {
+                slot: Slot::new(local.clone(), 1, None, None),
+                model: model_name,
+                max_model_len: None,
+            }],
+            Default::default(),
+            Vec::new(),
+        );
+        let router = Router::new(Some(local), vec![route], Vec::new(), Policy::default(), Some(metrics.clone()));
+        Self::with_router(Arc::new(router), limits, api_keys, metrics)
+    }
+
+    pub fn with_router(router: Arc<Router>, limits: Limits, api_keys: Vec<String>, metrics: Arc<GatewayMetrics>) -> Self {
         Self {
-            engine: OnceLock::new(),
-            model_name,
+            router,
             limits,
             api_keys,
             metrics,
@@ -49,20 +70,21 @@ impl AppState {
         }
     }
 
-    /// Makes the loaded engine available; `/health` turns 200.
+    /// Makes the loaded engine available to the local backend.
     pub fn set_engine(&self, engine: EngineHandle) {
-        let _ = self.engine.set(engine);
-    }
-
-    pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(ApiError::shutting_down());
+        if let Ok(local) = self.router.local(None) {
+            local.set_engine(engine);
         }
-        self.engine.get().ok_or_else(ApiError::loading)
     }
 
-    pub fn is_loaded(&self) -> bool {
-        self.engine.get().is_some()
+    /// The engine in this process (503 while it loads or the server stops).
+    pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
+        self.check_open()?;
+        self.router.local(None)?.engine()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.router.is_ready()
     }
 
     /// New requests get 503 from now on; running streams finish.
@@ -74,12 +96,52 @@ impl AppState {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
-    /// 404 unless `model` is the served model's name.
-    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if model == self.model_name {
-            Ok(())
+    fn check_open(&self) -> Result<(), ApiError> {
+        if self.is_shutting_down() {
+            Err(ApiError::shutting_down())
         } else {
-            Err(ApiError::model_not_found(model, &self.model_name))
+            Ok(())
+        }
+    }
+
+    /// Routes `request` for `model` and returns its events, cut off with a
+    /// timeout error at the server's request timeout (dropping the backend's
+    /// stream cancels the request there).
+    pub async fn start(&self, model: &str, request: BackendRequest) -> Result<EventStream, ApiError> {
+        self.check_open()?;
+        let deadline = self.limits.request_timeout.map(|t| Instant::now() + t);
+        let started = self.router.start(model, request);
+        let events = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, started).await.map_err(|_| ApiError::timeout())??,
+            None => started.await?,
+        };
+        let Some(deadline) = deadline else {
+            return Ok(events);
+        };
+        Ok(Box::pin(stream::unfold(Some(events), move |events| async move {
+            let mut events = events?;
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(event)) => Some((event, Some(events))),
+                Ok(None) => None,
+                Err(_) => Some((Event::Error(ApiError::timeout()), None)),
+            }
+        })))
+    }
+}
+
+/// The `id`, `created` and `model` of a response and each of its chunks.
+pub struct Head {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Head {
+    pub fn new(prefix: &str, model: &str) -> Self {
+        Self {
+            id: random_id(prefix),
+            created: unix_time(),
+            model: model.to_owned(),
         }
     }
 }

@@ -1,191 +1,99 @@
-//! Engine streams as the HTTP layer consumes them: one request's prompts
-//! (completions can send several) merged into one event stream with unique
-//! choice indices and one total usage; collected for JSON responses, or
-//! framed as server-sent events.
-
-use std::pin::Pin;
-use std::time::Duration;
+//! Backend events as the handlers answer with them: collected into whole
+//! choices for a JSON response, or framed as server-sent events ending in
+//! `data: [DONE]`, with a failure as an OpenAI error event.
 
 use actix_web::web::Bytes;
-use ember_engine::{Choice, Completion, FinishReason, GenerationEvent, GenerationStream, TokenLogprob, Usage};
 use futures_util::stream::{self, Stream, StreamExt};
-use tokio::time::Instant;
 
+use crate::backend::{Event, EventStream, Usage};
 use crate::error::ApiError;
+use crate::openai::TokenLogprobJson;
 
-/// What the handlers format.
-#[derive(Debug)]
-pub enum Item {
-    Event(GenerationEvent),
-    /// Every prompt is done: the summed usage.
-    Usage(Usage),
-    /// The request ran past the server's timeout; its streams are dropped
-    /// (cancelling them in the engine).
-    TimedOut,
-    /// The engine went away before every prompt was done.
-    EngineGone,
+/// A tool call as it ended up.
+#[derive(Debug, Clone, Default)]
+pub struct CollectedCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
-pub type ItemStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
+/// One choice, whole.
+#[derive(Debug, Clone, Default)]
+pub struct CollectedChoice {
+    pub text: String,
+    pub calls: Vec<CollectedCall>,
+    pub logprobs: Vec<TokenLogprobJson>,
+    pub finish_reason: Option<String>,
+}
 
-/// Merges streams, shifting choice indices by `n` per prompt, and ends
-/// with the summed usage, or `TimedOut` at `deadline`.
-pub fn merge(streams: Vec<GenerationStream>, n: usize, timeout: Option<Duration>) -> ItemStream {
-    let total = streams.len();
-    let tagged = streams.into_iter().enumerate().map(|(i, s)| s.map(move |e| (i * n, e)).boxed());
-    let merged = stream::select_all(tagged);
-    let deadline = timeout.map(|t| Instant::now() + t);
-    struct State<S> {
-        merged: S,
-        done: usize,
-        usage: Usage,
-        finished: bool,
-    }
-    let state = State {
-        merged,
-        done: 0,
-        usage: Usage::default(),
-        finished: false,
-    };
-    Box::pin(stream::unfold(state, move |mut st| async move {
-        loop {
-            if st.finished {
-                return None;
-            }
-            let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, st.merged.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        st.finished = true;
-                        return Some((Item::TimedOut, st));
-                    }
-                },
-                None => st.merged.next().await,
-            };
-            let Some((offset, event)) = next else {
-                st.finished = true;
-                return Some((Item::EngineGone, st));
-            };
-            let event = match event {
-                GenerationEvent::Done { usage } => {
-                    st.usage.prompt_tokens += usage.prompt_tokens;
-                    st.usage.completion_tokens += usage.completion_tokens;
-                    st.usage.cached_tokens += usage.cached_tokens;
-                    st.done += 1;
-                    if st.done == total {
-                        st.finished = true;
-                        return Some((Item::Usage(st.usage), st));
-                    }
-                    continue;
-                }
-                GenerationEvent::Delta {
-                    index,
-                    text,
-                    token_ids,
-                    logprobs,
-                } => GenerationEvent::Delta {
-                    index: index + offset,
-                    text,
-                    token_ids,
-                    logprobs,
-                },
-                GenerationEvent::Finished { index, reason } => GenerationEvent::Finished {
-                    index: index + offset,
-                    reason,
-                },
-            };
-            return Some((Item::Event(event), st));
+/// Waits for everything: the choices in index order and the usage.
+pub async fn collect(mut events: EventStream) -> Result<(Vec<CollectedChoice>, Usage), ApiError> {
+    let mut choices: Vec<CollectedChoice> = Vec::new();
+    let mut usage = Usage::default();
+    fn at(choices: &mut Vec<CollectedChoice>, index: usize) -> &mut CollectedChoice {
+        if choices.len() <= index {
+            choices.resize_with(index + 1, CollectedChoice::default);
         }
-    }))
-}
-
-/// Waits for everything: the choices in index order and the usage. A
-/// choice that failed fails the response.
-pub async fn collect(mut items: ItemStream) -> Result<(Vec<Choice>, Usage), ApiError> {
-    let mut completion = Completion::default();
-    while let Some(item) = items.next().await {
-        match item {
-            Item::Event(e) => {
-                completion.absorb(e);
+        &mut choices[index]
+    }
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Text { index, text, logprobs } => {
+                let choice = at(&mut choices, index);
+                choice.text.push_str(&text);
+                choice.logprobs.extend(logprobs);
             }
-            Item::Usage(usage) => {
-                if let Some(FinishReason::Error(message)) = completion.choices.iter().find_map(|c| match &c.finish_reason {
-                    Some(FinishReason::Error(m)) => Some(FinishReason::Error(m.clone())),
-                    _ => None,
-                }) {
-                    return Err(ApiError::internal(message));
+            Event::ToolCallStart { index, call, id, name } => {
+                let calls = &mut at(&mut choices, index).calls;
+                if calls.len() <= call {
+                    calls.resize_with(call + 1, CollectedCall::default);
                 }
-                return Ok((completion.choices, usage));
+                calls[call].id = id;
+                calls[call].name = name;
             }
-            Item::TimedOut => return Err(ApiError::timeout()),
-            Item::EngineGone => break,
+            Event::ToolCallArguments { index, call, fragment } => {
+                let calls = &mut at(&mut choices, index).calls;
+                if calls.len() <= call {
+                    calls.resize_with(call + 1, CollectedCall::default);
+                }
+                calls[call].arguments.push_str(&fragment);
+            }
+            Event::Finish { index, reason } => at(&mut choices, index).finish_reason = Some(reason),
+            Event::Usage(u) => usage = u,
+            Event::Error(e) => return Err(e),
         }
     }
-    Err(engine_gone())
+    Ok((choices, usage))
 }
 
-fn engine_gone() -> ApiError {
-    ApiError::internal("the engine stopped before the request was done")
-}
-
-/// What a route formats into an SSE event; `None` sends nothing.
-pub enum Frame {
-    Delta {
-        index: usize,
-        text: String,
-        logprobs: Vec<TokenLogprob>,
-    },
-    Finish {
-        index: usize,
-        reason: &'static str,
-    },
-    Usage(Usage),
-}
-
-/// The SSE body of a request: the route formats deltas, finishes and the
-/// usage; failures and the request timeout become OpenAI error events;
-/// `data: [DONE]` ends it.
+/// The SSE body of a request: `format` turns events other than errors
+/// into chunks; an error becomes an OpenAI error event and ends the
+/// stream; `data: [DONE]` closes it.
 pub fn sse_body<I: IntoIterator<Item = serde_json::Value>>(
-    items: ItemStream,
-    mut format: impl FnMut(Frame) -> I + Send + 'static,
+    events: EventStream,
+    mut format: impl FnMut(Event) -> I + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> + Send + 'static {
-    items.flat_map(move |item| {
-        let mut out = Vec::new();
-        let mut frame = |f: Frame| out.extend(format(f).into_iter().map(|json| sse_event(&json)));
-        match item {
-            Item::Event(GenerationEvent::Delta {
-                index, text, logprobs, ..
-            }) => frame(Frame::Delta { index, text, logprobs }),
-            Item::Event(GenerationEvent::Finished {
-                reason: FinishReason::Error(message),
-                ..
-            }) => out.push(sse_event(&ApiError::internal(message).body())),
-            Item::Event(GenerationEvent::Finished { index, reason }) => frame(Frame::Finish {
-                index,
-                reason: reason.as_str(),
-            }),
-            Item::Event(GenerationEvent::Done { .. }) => {}
-            Item::Usage(usage) => {
-                frame(Frame::Usage(usage));
-                out.push(sse_done());
-            }
-            Item::TimedOut => {
-                out.push(sse_event(&ApiError::timeout().body()));
-                out.push(sse_done());
-            }
-            Item::EngineGone => {
-                out.push(sse_event(&engine_gone().body()));
-                out.push(sse_done());
-            }
-        }
-        stream::iter(out.into_iter().map(Ok))
-    })
+    // Nothing follows an error, whatever the backend sends after it.
+    let body = events
+        .scan(false, |failed, event| {
+            let next = (!*failed).then(|| {
+                *failed = matches!(event, Event::Error(_));
+                event
+            });
+            std::future::ready(next)
+        })
+        .flat_map(move |event| {
+            let out: Vec<Bytes> = match event {
+                Event::Error(e) => vec![sse_event(&e.body())],
+                other => format(other).into_iter().map(|json| sse_event(&json)).collect(),
+            };
+            stream::iter(out)
+        });
+    body.chain(stream::once(async { sse_done() })).map(Ok)
 }
 
 /// The HTTP response that streams `body` as server-sent events.
-pub fn sse_response(
-    body: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
-) -> actix_web::HttpResponse {
+pub fn sse_response(body: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

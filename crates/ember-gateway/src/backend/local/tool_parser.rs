@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::tools::{CLOSE_TAG, OPEN_TAG};
+use crate::backend::local::tools::{CLOSE_TAG, OPEN_TAG};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolEvent {

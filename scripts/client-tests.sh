@@ -3,8 +3,9 @@
 # SDK, LangChain and pytest (tests/clients/requirements.txt), starts `ember
 # serve` on the default model on a free loopback port (plus one with no
 # request queue, for 429s, and one on a tiny random Qwen3 with the real Qwen3
-# tokenizer and template, for tool calls), runs tests/clients, and stops the
-# servers.
+# tokenizer and template, for tool calls), runs tests/clients, runs the SDK
+# and tool tests again through a third Ember routing to those servers as
+# upstreams, and stops the servers.
 # Usage: scripts/client-tests.sh [path/to/ember]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,30 @@ export EMBER_QWEN3_URL="http://127.0.0.1:$port4" EMBER_QWEN3_MODEL="qwen3-tiny"
 export EMBER_API_KEY="$key" EMBER_MODEL="SmolLM2-135M-Instruct.Q4_1"
 if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients; then
   echo "--- server log"; tail -n 50 "$logs/serve.log"; echo "--- qwen3 server log"; tail -n 20 "$logs/qwen3.log"; exit 1
+fi
+
+# The same clients through a third Ember that routes to the two servers
+# above as OpenAI-compatible upstreams (no model of its own): streaming,
+# tools, structured output, errors and usage must come through unchanged.
+port5=$(free_port)
+cat >"$logs/front.toml" <<TOML
+[[backends]]
+name = "smollm2"
+base_url = "http://127.0.0.1:$port/v1"
+api_key_env = "EMBER_API_KEY"
+
+[[backends]]
+name = "qwen3-tiny"
+base_url = "http://127.0.0.1:$port4/v1"
+api_key_env = "EMBER_API_KEY"
+TOML
+EMBER_API_KEY="$key" "$ember" serve --port "$port5" --config "$logs/front.toml" >"$logs/front.log" 2>&1 &
+pids+=($!)
+wait_ready "$port5"
+if ! EMBER_BASE_URL="http://127.0.0.1:$port5" EMBER_QWEN3_URL="http://127.0.0.1:$port5" EMBER_NO_QUEUE_URL="" \
+  EMBER_VIA_UPSTREAM=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  tests/clients/test_openai_client.py tests/clients/test_tools_clients.py; then
+  echo "--- front log"; tail -n 50 "$logs/front.log"; exit 1
 fi
 
 # Graceful shutdown: SIGTERM during a stream lets the stream finish, refuses

@@ -178,3 +178,65 @@ async fn backends_at_their_limit_are_skipped_and_all_full_is_a_429() {
     drop(held);
     assert_eq!(answer(&router).await.ok().as_deref(), Some("a"));
 }
+
+#[actix_web::test]
+async fn a_backend_failing_its_health_check_rests_until_it_answers_again() {
+    let (_, a) = fake("a", None, 1, None);
+    let (_, b) = fake("b", None, 1, None);
+    let router = router(&[&a, &b], Strategy::RoundRobin, Policy::default());
+    a.set_checked(false);
+    for _ in 0..4 {
+        assert_eq!(answer(&router).await.ok().as_deref(), Some("b"));
+    }
+    // With every backend down, one is still tried: a last chance beats a certain error.
+    b.set_checked(false);
+    assert!(answer(&router).await.is_ok());
+    a.set_checked(true);
+    b.set_checked(true);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(answer(&router).await.unwrap_or_default());
+    }
+    assert!(got.contains(&"a".to_owned()) && got.contains(&"b".to_owned()), "{got:?}");
+}
+
+#[actix_web::test]
+async fn every_attempt_is_counted_once_with_its_outcome() -> Result<(), ApiError> {
+    let metrics = Arc::new(GatewayMetrics::new().map_err(|e| ApiError::internal(e.to_string()))?);
+    let (_, down) = fake("down", Some(503), 1, None);
+    let (_, up) = fake("up", None, 1, None);
+    let (_, bad) = fake("bad", Some(400), 1, None);
+    let target = |slot: &Arc<Slot>| Target {
+        slot: slot.clone(),
+        model: "m".into(),
+        max_model_len: None,
+    };
+    let routes = vec![
+        Route::new("m", vec![target(&down), target(&up)], Strategy::RoundRobin, Vec::new()),
+        Route::new("refused", vec![target(&bad)], Strategy::RoundRobin, Vec::new()),
+    ];
+    let policy = Policy {
+        backoff: Duration::from_millis(1),
+        ..Policy::default()
+    };
+    let router = Router::new(None, routes, Vec::new(), policy, Some(metrics.clone()));
+    // `down` fails first, `up` answers and its stream is read to the end.
+    let mut events = router.start("m", request()).await?;
+    while events.next().await.is_some() {}
+    drop(events);
+    // The same again, dropped before its end: the client went away.
+    let mut next = router.start("m", request()).await?;
+    let _ = next.next().await;
+    drop(next);
+    assert!(router.start("refused", request()).await.is_err());
+    let text = metrics.render();
+    for line in [
+        r#"ember:backend_requests_total{backend="down",outcome="failed"} 2"#,
+        r#"ember:backend_requests_total{backend="up",outcome="success"} 1"#,
+        r#"ember:backend_requests_total{backend="up",outcome="cancelled"} 1"#,
+        r#"ember:backend_requests_total{backend="bad",outcome="rejected"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    Ok(())
+}

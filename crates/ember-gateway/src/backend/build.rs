@@ -197,3 +197,54 @@ pub fn describe(router: &Router) -> String {
         (false, false) => format!("{}; and the models of {}", routes.join("; "), discovering.join(", ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example in `configs/` builds a router: its routes name
+    /// declared backends, and a local backend has a model to serve.
+    #[test]
+    fn every_example_config_builds_its_routes() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut built = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let mut config = ServeConfig::from_file(&path)?;
+            // Keys come from the environment; the routes do not depend on them.
+            for backend in &mut config.backends {
+                backend.api_key_env = None;
+            }
+            let local = wants_local(&config, &[]).then(|| {
+                let served = config.model.served_model_name.clone().unwrap_or_else(|| "default".into());
+                Arc::new(LocalBackend::new("local", served, 16))
+            });
+            let router = build_router(&config, &[], local, None).map_err(|e| format!("{}: {e}", path.display()))?;
+            let names: Vec<String> = router.routes().iter().map(|r| r.name.clone()).collect();
+            built.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), names));
+        }
+        let routes_of = |file: &str| built.iter().find(|(f, _)| f == file).map(|(_, names)| names.clone());
+        assert_eq!(routes_of("routes-local.toml"), Some(vec!["qwen3-4b".to_owned()]));
+        assert_eq!(routes_of("routes-vllm-fleet.toml"), Some(vec!["qwen3-4b".to_owned(), "qwen3-30b".to_owned()]));
+        // The replicas' routes come from the models they list once checked.
+        assert_eq!(routes_of("routes-ember-replicas.toml"), Some(Vec::new()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_backend_or_a_name_routed_twice_is_an_error() {
+        let parse = |text: &str| ServeConfig::from_toml(text, std::path::Path::new("test.toml"));
+        let unknown = parse("[[backends]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[routes]]\nmodel = \"m\"\nbackends = [\"b\"]\n");
+        let error = unknown.map_err(|e| e.to_string()).and_then(|c| build_router(&c, &[], None, None).map(|_| ()).map_err(|e| e.to_string()));
+        assert!(error.as_ref().is_err_and(|e| e.contains("no backend is named `b`")), "{error:?}");
+        let twice = parse(
+            "[[backends]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [[routes]]\nmodel = \"m\"\nbackends = [\"a\"]\n[[routes]]\nmodel = \"n\"\nbackends = [\"a\"]\naliases = [\"m\"]\n",
+        );
+        let error = twice.map_err(|e| e.to_string()).and_then(|c| build_router(&c, &[], None, None).map(|_| ()).map_err(|e| e.to_string()));
+        assert!(error.as_ref().is_err_and(|e| e.contains("routed twice")), "{error:?}");
+    }
+}

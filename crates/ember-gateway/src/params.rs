@@ -26,16 +26,13 @@ pub fn parse_body<T: DeserializeOwned + KnownFields>(
     if let Some(field) = T::unknown_field(&body) {
         return Err(ApiError::invalid(field.clone(), format!("unknown field `{field}`")));
     }
-    let sampling = if T::SAMPLING {
-        deserialize(Value::Object(body.clone()))?
-    } else {
-        SamplingFields::default()
-    };
-    let parsed = deserialize(Value::Object(body.clone()))?;
+    // Read in place: a long prompt's body is not copied for each reading.
+    let sampling = if T::SAMPLING { deserialize(&body)? } else { SamplingFields::default() };
+    let parsed = deserialize(&body)?;
     Ok((parsed, sampling, body))
 }
 
-fn deserialize<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+fn deserialize<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         ApiError::invalid(path.clone(), format!("invalid value for `{path}`: {}", e.inner()))

@@ -30,40 +30,66 @@ pub struct CollectedChoice {
 pub async fn collect(mut events: EventStream) -> Result<(Vec<CollectedChoice>, Usage), ApiError> {
     let mut choices: Vec<CollectedChoice> = Vec::new();
     let mut usage = Usage::default();
-    fn at(choices: &mut Vec<CollectedChoice>, index: usize) -> &mut CollectedChoice {
-        if choices.len() <= index {
-            choices.resize_with(index + 1, CollectedChoice::default);
-        }
-        &mut choices[index]
-    }
     while let Some(event) = events.next().await {
         match event {
             Event::Text { index, text, logprobs } => {
-                let choice = at(&mut choices, index);
+                let choice = slot(&mut choices, index)?;
                 choice.text.push_str(&text);
                 choice.logprobs.extend(logprobs);
             }
             Event::ToolCallStart { index, call, id, name } => {
-                let calls = &mut at(&mut choices, index).calls;
-                if calls.len() <= call {
-                    calls.resize_with(call + 1, CollectedCall::default);
-                }
-                calls[call].id = id;
-                calls[call].name = name;
+                let call = slot(&mut slot(&mut choices, index)?.calls, call)?;
+                call.id = id;
+                call.name = name;
             }
             Event::ToolCallArguments { index, call, fragment } => {
-                let calls = &mut at(&mut choices, index).calls;
-                if calls.len() <= call {
-                    calls.resize_with(call + 1, CollectedCall::default);
-                }
-                calls[call].arguments.push_str(&fragment);
+                slot(&mut slot(&mut choices, index)?.calls, call)?.arguments.push_str(&fragment);
             }
-            Event::Finish { index, reason } => at(&mut choices, index).finish_reason = Some(reason),
+            Event::Finish { index, reason } => slot(&mut choices, index)?.finish_reason = Some(reason),
             Event::Usage(u) => usage = u,
             Event::Error(e) => return Err(e),
         }
     }
     Ok((choices, usage))
+}
+
+/// Most choices (64 prompts x `n` of 128) or tool calls one answer holds.
+const MAX_INDEX: usize = 64 * 128;
+
+/// The entry at `index`, made when new. An index past any real answer's
+/// (an upstream can send any number) is an error, not an allocation.
+fn slot<T: Default>(list: &mut Vec<T>, index: usize) -> Result<&mut T, ApiError> {
+    if index >= MAX_INDEX {
+        return Err(ApiError {
+            status: actix_web::http::StatusCode::BAD_GATEWAY,
+            ..ApiError::internal(format!("the backend answered with index {index}, past any request's {MAX_INDEX}"))
+        });
+    }
+    if list.len() <= index {
+        list.resize_with(index + 1, T::default);
+    }
+    Ok(&mut list[index])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn an_index_past_any_request_is_an_error_not_an_allocation() {
+        let text = |index| Event::Text {
+            index,
+            text: "x".into(),
+            logprobs: Vec::new(),
+        };
+        let events: EventStream = Box::pin(stream::iter(vec![text(1), text(usize::MAX / 2)]));
+        let error = collect(events).await.err();
+        assert_eq!(error.map(|e| e.status.as_u16()), Some(502));
+        let events: EventStream = Box::pin(stream::iter(vec![text(1), Event::Usage(Usage::default())]));
+        let (choices, _) = collect(events).await.unwrap_or_default();
+        assert_eq!(choices.len(), 2);
+        assert_eq!(choices[1].text, "x");
+    }
 }
 
 /// The SSE body of a request: `format` turns events other than errors

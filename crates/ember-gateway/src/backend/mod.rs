@@ -16,7 +16,6 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -51,13 +50,9 @@ impl BackendRequest {
     }
 }
 
-/// Token counts of a whole request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub cached_tokens: usize,
-}
+/// Token counts of a whole request: the engine's own type, which upstream
+/// answers fill in too.
+pub use ember_engine::Usage;
 
 /// What a backend reports as a request runs. Choice indices count across
 /// prompts (a completions request with two prompts and `n = 2` has choices

@@ -4,6 +4,7 @@
 //! servers use.
 
 use actix_web::http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::backend::{Event, Usage};
@@ -18,44 +19,28 @@ pub(super) fn chunk_events(chunk: &Value, chat: bool) -> Vec<Event> {
     let mut out = Vec::new();
     for choice in chunk["choices"].as_array().into_iter().flatten() {
         let index = choice["index"].as_u64().unwrap_or(0) as usize;
-        if chat {
-            let delta = &choice["delta"];
-            let text = delta["content"].as_str().unwrap_or_default();
-            let logprobs = chat_entries(&choice["logprobs"]);
-            if !text.is_empty() || !logprobs.is_empty() {
-                out.push(Event::Text {
+        let (text, logprobs) = if chat {
+            (choice["delta"]["content"].as_str(), chat_entries(&choice["logprobs"]))
+        } else {
+            (choice["text"].as_str(), legacy_entries(&choice["logprobs"]))
+        };
+        out.extend(text_event(index, text, logprobs));
+        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let position = call["index"].as_u64().unwrap_or(0) as usize;
+            let name = call["function"]["name"].as_str();
+            if call["id"].is_string() || name.is_some() {
+                out.push(Event::ToolCallStart {
                     index,
-                    text: text.to_owned(),
-                    logprobs,
+                    call: position,
+                    id: call["id"].as_str().map_or_else(|| crate::state::random_id("call"), str::to_owned),
+                    name: name.unwrap_or_default().to_owned(),
                 });
             }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let position = call["index"].as_u64().unwrap_or(0) as usize;
-                let name = call["function"]["name"].as_str();
-                if call["id"].is_string() || name.is_some() {
-                    out.push(Event::ToolCallStart {
-                        index,
-                        call: position,
-                        id: call["id"].as_str().map_or_else(|| crate::state::random_id("call"), str::to_owned),
-                        name: name.unwrap_or_default().to_owned(),
-                    });
-                }
-                if let Some(fragment) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty()) {
-                    out.push(Event::ToolCallArguments {
-                        index,
-                        call: position,
-                        fragment: fragment.to_owned(),
-                    });
-                }
-            }
-        } else {
-            let text = choice["text"].as_str().unwrap_or_default();
-            let logprobs = legacy_entries(&choice["logprobs"]);
-            if !text.is_empty() || !logprobs.is_empty() {
-                out.push(Event::Text {
+            if let Some(fragment) = call["function"]["arguments"].as_str().filter(|a| !a.is_empty()) {
+                out.push(Event::ToolCallArguments {
                     index,
-                    text: text.to_owned(),
-                    logprobs,
+                    call: position,
+                    fragment: fragment.to_owned(),
                 });
             }
         }
@@ -82,13 +67,7 @@ pub(super) fn response_events(answer: &Value, chat: bool) -> Vec<Event> {
         } else {
             (choice["text"].as_str(), legacy_entries(&choice["logprobs"]))
         };
-        if text.is_some_and(|t| !t.is_empty()) || !logprobs.is_empty() {
-            out.push(Event::Text {
-                index,
-                text: text.unwrap_or_default().to_owned(),
-                logprobs,
-            });
-        }
+        out.extend(text_event(index, text, logprobs));
         for (position, call) in choice["message"]["tool_calls"].as_array().into_iter().flatten().enumerate() {
             out.push(Event::ToolCallStart {
                 index,
@@ -111,6 +90,16 @@ pub(super) fn response_events(answer: &Value, chat: bool) -> Vec<Event> {
     out
 }
 
+/// A choice's text and its logprobs, when there is either.
+fn text_event(index: usize, text: Option<&str>, logprobs: Vec<TokenLogprobJson>) -> Option<Event> {
+    let text = text.unwrap_or_default();
+    (!text.is_empty() || !logprobs.is_empty()).then(|| Event::Text {
+        index,
+        text: text.to_owned(),
+        logprobs,
+    })
+}
+
 fn usage(value: &Value) -> Option<Usage> {
     let object = value.as_object()?;
     let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -123,10 +112,10 @@ fn usage(value: &Value) -> Option<Usage> {
 
 /// Chat logprobs: `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}`.
 fn chat_entries(logprobs: &Value) -> Vec<TokenLogprobJson> {
-    logprobs["content"]
-        .as_array()
-        .and_then(|content| serde_json::from_value(Value::Array(content.clone())).ok())
-        .unwrap_or_default()
+    match &logprobs["content"] {
+        content @ Value::Array(_) => Vec::deserialize(content).unwrap_or_default(),
+        _ => Vec::new(),
+    }
 }
 
 /// Completions' legacy logprobs: parallel `tokens`, `token_logprobs` and

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Real clients against a real server: makes a venv with the pinned `openai`
-# SDK, LangChain and pytest (tests/clients/requirements.txt), starts `ember
+# SDK, LangChain, the OpenAI Agents SDK, the `anthropic` SDK and pytest
+# (tests/clients/requirements.txt), starts `ember
 # serve` on the default model on a free loopback port (plus one with no
 # request queue, for 429s, and one on a tiny random Qwen3 with the real Qwen3
-# tokenizer and template, for tool calls), runs tests/clients, runs the SDK
-# and tool tests again through a third Ember routing to those servers as
-# upstreams, and stops the servers.
+# tokenizer and template, for tool calls), runs tests/clients, runs the SDK,
+# tool, Responses and Messages tests again through a third Ember routing to
+# those servers as upstreams (which speak only chat completions to it), and
+# stops the servers.
 # Usage: scripts/client-tests.sh [path/to/ember]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,7 +89,8 @@ pids+=($!)
 wait_ready "$port5"
 if ! EMBER_BASE_URL="http://127.0.0.1:$port5" EMBER_QWEN3_URL="http://127.0.0.1:$port5" EMBER_NO_QUEUE_URL="" \
   EMBER_VIA_UPSTREAM=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/clients/test_openai_client.py tests/clients/test_tools_clients.py; then
+  tests/clients/test_openai_client.py tests/clients/test_tools_clients.py tests/clients/test_responses_api.py \
+  tests/clients/test_anthropic_messages.py; then
   echo "--- front log"; tail -n 50 "$logs/front.log"; exit 1
 fi
 

@@ -4,8 +4,9 @@
 #      end-to-end tests (the last on the default model, fetched once);
 #   2. the tiny-model parity tests again on the wgpu device, over the lavapipe
 #      software Vulkan driver (slow kernel compilation: tiny models only);
-#   3. the official `openai` Python SDK and curl against a running
-#      `ember serve` on the default model (scripts/client-tests.sh);
+#   3. real clients (the `openai` SDK, LangChain, the OpenAI Agents SDK, the
+#      `anthropic` SDK) and curl against running `ember serve`s, directly and
+#      through a routing Ember (scripts/client-tests.sh);
 #   4. the short reliability suite (docs/RELIABILITY.md): a soak with
 #      hang-ups and preemption, malformed bodies on every route, drain on
 #      SIGTERM and restart after SIGKILL;

@@ -62,6 +62,13 @@ pub struct ServeArgs {
     /// its replicas. Without `--model`, no model is loaded here.
     #[arg(long, value_name = "URL")]
     upstream: Vec<String>,
+    /// Responses API responses kept in memory for `previous_response_id`
+    /// and `GET /v1/responses/{id}`; 0 stores none [default: 1024].
+    #[arg(long, value_name = "N")]
+    responses_store_size: Option<usize>,
+    /// How long a stored response is kept, in seconds [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    responses_store_ttl_secs: Option<u64>,
 }
 
 /// The config file with the flags laid over it, and the `--upstream` URLs.
@@ -74,6 +81,8 @@ fn settings(args: ServeArgs) -> Result<(ServeConfig, Vec<String>)> {
     s.host = args.host.unwrap_or(std::mem::take(&mut s.host));
     s.port = args.port.unwrap_or(s.port);
     s.api_keys.extend(args.api_key.filter(|k| !k.is_empty()));
+    s.responses_store_size = args.responses_store_size.unwrap_or(s.responses_store_size);
+    s.responses_store_ttl_secs = args.responses_store_ttl_secs.unwrap_or(s.responses_store_ttl_secs);
     let m = &mut c.model;
     m.path = args.model.or(m.path.take());
     m.served_model_name = args.served_model_name.or(m.served_model_name.take());

@@ -165,6 +165,10 @@ pub struct ServerSection {
     pub shutdown_timeout_secs: u64,
     /// HTTP worker threads; 0 is one per core.
     pub workers: usize,
+    /// Responses API responses kept for `previous_response_id`; 0 keeps none.
+    pub responses_store_size: usize,
+    /// How long a stored response is kept.
+    pub responses_store_ttl_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -178,6 +182,8 @@ impl Default for ServerSection {
             request_timeout_secs: 600,
             shutdown_timeout_secs: 30,
             workers: 0,
+            responses_store_size: 1024,
+            responses_store_ttl_secs: 3600,
         }
     }
 }
@@ -245,6 +251,8 @@ impl ServerSection {
             max_body_bytes: self.max_body_bytes,
             max_messages: self.max_messages,
             request_timeout: (self.request_timeout_secs > 0).then(|| Duration::from_secs(self.request_timeout_secs)),
+            responses_store_size: self.responses_store_size,
+            responses_store_ttl: Duration::from_secs(self.responses_store_ttl_secs),
         }
     }
 }

@@ -59,7 +59,7 @@ impl ApiError {
             ..Self::new(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
-                "missing or invalid API key: send `Authorization: Bearer <key>`",
+                "missing or invalid API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
             )
         }
     }
@@ -160,7 +160,7 @@ impl From<ember_engine::chat_template::ChatTemplateError> for ApiError {
 
 /// Malformed or mistyped JSON bodies, in OpenAI's shape. Serde's message
 /// names the field (`unknown field \`foo\``, `invalid type ... at line 1`).
-pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
         JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
             ApiError::too_large(*limit)
@@ -169,7 +169,12 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
         JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid request body: {e}")),
         other => ApiError::bad_request(format!("invalid request body: {other}")),
     };
-    actix_web::error::InternalError::from_response(err, api.error_response()).into()
+    let response = if crate::middleware::is_anthropic(req.path()) {
+        crate::messages::error::AnthropicError(api).error_response()
+    } else {
+        api.error_response()
+    };
+    actix_web::error::InternalError::from_response(err, response).into()
 }
 
 impl ApiError {

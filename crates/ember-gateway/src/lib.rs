@@ -10,12 +10,15 @@ pub mod config;
 pub mod error;
 #[doc(hidden)] pub mod fuzz_api;
 pub mod metrics;
+mod messages;
 mod middleware;
 pub mod openai;
 mod params;
+mod responses;
 mod routes;
 pub mod state;
 mod streams;
+mod translate;
 
 use actix_web::web;
 
@@ -36,6 +39,11 @@ pub fn configure(state: web::Data<AppState>) -> impl Fn(&mut web::ServiceConfig)
                 .wrap(actix_web::middleware::from_fn(middleware::observe))
                 .route("/v1/chat/completions", web::post().to(chat::chat_completions))
                 .route("/v1/completions", web::post().to(completions::completions))
+                .route("/v1/responses", web::post().to(responses::create))
+                .route("/v1/responses/{id}", web::get().to(responses::get))
+                .route("/v1/responses/{id}", web::delete().to(responses::delete))
+                .route("/v1/messages", web::post().to(messages::create))
+                .route("/v1/messages/count_tokens", web::post().to(messages::count_tokens))
                 .route("/v1/models", web::get().to(routes::list_models))
                 .route("/v1/models/{id}", web::get().to(routes::get_model))
                 .route("/generate", web::post().to(routes::generate))

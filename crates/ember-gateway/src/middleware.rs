@@ -15,8 +15,15 @@ use crate::state::AppState;
 /// Routes open without a key.
 const OPEN: [&str; 1] = ["/health"];
 
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Whether `path` is Anthropic's API, whose errors have Anthropic's shape.
+pub fn is_anthropic(path: &str) -> bool {
+    path == "/v1/messages" || path.starts_with("/v1/messages/")
+}
+
 /// With keys configured, every route but `/health` needs `Authorization:
-/// Bearer <key>`. Keys are compared in constant time, all of them, so the
+/// Bearer <key>` (or `x-api-key: <key>`). Keys are compared in constant time, all of them, so the
 /// timing does not tell which key came close.
 pub async fn authenticate(
     req: ServiceRequest,
@@ -26,11 +33,11 @@ pub async fn authenticate(
     if keys.is_empty() || OPEN.contains(&req.path()) {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     }
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
+    // Anthropic's SDKs send the key as `x-api-key`.
+    let header = |name| req.headers().get(name).and_then(|h| h.to_str().ok());
+    let presented = header(AUTHORIZATION)
         .and_then(|h| h.strip_prefix("Bearer "))
+        .or_else(|| header(X_API_KEY))
         .unwrap_or_default()
         .trim()
         .as_bytes()
@@ -42,7 +49,11 @@ pub async fn authenticate(
     if bool::from(ok) && !presented.is_empty() {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     }
-    let response = ApiError::unauthorized().error_response();
+    let response = if is_anthropic(req.path()) {
+        crate::messages::error::AnthropicError(ApiError::unauthorized()).error_response()
+    } else {
+        ApiError::unauthorized().error_response()
+    };
     Ok(req.into_response(response))
 }
 

@@ -23,6 +23,13 @@ pub fn parse_body<T: DeserializeOwned + KnownFields>(
     let Value::Object(body) = body.into_inner() else {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     };
+    parse_map(body)
+}
+
+/// `parse_body` of a body already taken apart.
+pub fn parse_map<T: DeserializeOwned + KnownFields>(
+    body: Map<String, Value>,
+) -> Result<(T, SamplingFields, Map<String, Value>), ApiError> {
     if let Some(field) = T::unknown_field(&body) {
         return Err(ApiError::invalid(field.clone(), format!("unknown field `{field}`")));
     }
@@ -32,7 +39,8 @@ pub fn parse_body<T: DeserializeOwned + KnownFields>(
     Ok((parsed, sampling, body))
 }
 
-fn deserialize<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> {
+/// `T` from a JSON object, an error naming the path of a mistyped field.
+pub fn deserialize<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         ApiError::invalid(path.clone(), format!("invalid value for `{path}`: {}", e.inner()))

@@ -14,6 +14,7 @@ use crate::backend::router::{Policy, Route, Router, Slot, Target};
 use crate::backend::{BackendRequest, Event, EventStream};
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
+use crate::responses::store::ResponseStore;
 
 /// Request limits enforced before a request reaches a backend.
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub struct Limits {
     pub max_messages: usize,
     /// A request running longer is cancelled; `None` never times out.
     pub request_timeout: Option<Duration>,
+    /// Stored Responses API responses: how many (0 stores none) and how long.
+    pub responses_store_size: usize,
+    pub responses_store_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +39,8 @@ pub struct AppState {
     pub limits: Limits,
     pub api_keys: Vec<String>,
     pub metrics: Arc<GatewayMetrics>,
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub responses: Arc<ResponseStore>,
     /// Unix time the server started, for `created` fields.
     pub started: u64,
     shutting_down: AtomicBool,
@@ -62,6 +68,7 @@ impl AppState {
     pub fn with_router(router: Arc<Router>, limits: Limits, api_keys: Vec<String>, metrics: Arc<GatewayMetrics>) -> Self {
         Self {
             router,
+            responses: Arc::new(ResponseStore::new(limits.responses_store_size, limits.responses_store_ttl)),
             limits,
             api_keys,
             metrics,

@@ -118,6 +118,44 @@ pub fn sse_body<I: IntoIterator<Item = serde_json::Value>>(
     body.chain(stream::once(async { sse_done() })).map(Ok)
 }
 
+/// Turns a backend's events into another API's named server-sent events
+/// (the Responses API's and Anthropic's streams, which carry state from
+/// event to event and end without `[DONE]`).
+pub trait EventShaper: Send + 'static {
+    /// The events sent at once, before the backend's first.
+    fn start(&mut self) -> Vec<(&'static str, serde_json::Value)>;
+    /// The events one backend event becomes.
+    fn event(&mut self, event: Event) -> Vec<(&'static str, serde_json::Value)>;
+    /// The events that close the stream: after the backend's last event,
+    /// or after `failed`'s.
+    fn end(&mut self) -> Vec<(&'static str, serde_json::Value)>;
+    /// The events a failure becomes; `end` is not called after it.
+    fn failed(&mut self, error: ApiError) -> Vec<(&'static str, serde_json::Value)>;
+}
+
+/// The SSE body of `events` shaped by `shaper`, each frame as
+/// `event: NAME` and `data: JSON`.
+pub fn named_sse_body(
+    events: EventStream,
+    mut shaper: impl EventShaper,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>> + Send + 'static {
+    let frames = |list: Vec<(&'static str, serde_json::Value)>| {
+        list.into_iter().map(|(name, json)| Bytes::from(format!("event: {name}\ndata: {json}\n\n"))).collect::<Vec<_>>()
+    };
+    let first = frames(shaper.start());
+    // `None` once the stream has ended (a failure, or the last event).
+    let state = Some((events, shaper));
+    let rest = stream::unfold(state, move |state| async move {
+        let (mut events, mut shaper) = state?;
+        match events.next().await {
+            Some(Event::Error(e)) => Some((frames(shaper.failed(e)), None)),
+            Some(event) => Some((frames(shaper.event(event)), Some((events, shaper)))),
+            None => Some((frames(shaper.end()), None)),
+        }
+    });
+    stream::iter(first).chain(rest.flat_map(stream::iter)).map(Ok)
+}
+
 /// The HTTP response that streams `body` as server-sent events.
 pub fn sse_response(body: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()

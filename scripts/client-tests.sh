@@ -3,8 +3,8 @@
 # SDK, LangChain, the OpenAI Agents SDK, the `anthropic` SDK and pytest
 # (tests/clients/requirements.txt), starts `ember
 # serve` on the default model on a free loopback port (plus one with no
-# request queue, for 429s, and one on a tiny random Qwen3 with the real Qwen3
-# tokenizer and template, for tool calls), runs tests/clients, runs the SDK,
+# request queue, for 429s, one on a tiny random Qwen3 with the real Qwen3
+# tokenizer and template, for tool calls, and one on a tiny Qwen3-Embedding), runs tests/clients, runs the SDK,
 # tool, Responses and Messages tests again through a third Ember routing to
 # those servers as upstreams (which speak only chat completions to it), and
 # stops the servers.
@@ -58,12 +58,20 @@ EMBER_API_KEY="$key" "$ember" serve --port "$port4" --model "$fixture" --served-
   --kv-cache-memory 64MiB >"$logs/qwen3.log" 2>&1 &
 pids+=($!)
 
+# The tiny Qwen3-Embedding fixture, for /v1/embeddings.
+port6=$(free_port)
+EMBER_API_KEY="$key" "$ember" serve --port "$port6" --model tests/fixtures/qwen3-embed-tiny \
+  --served-model-name qwen3-embed-tiny --kv-cache-memory 64MiB >"$logs/embed.log" 2>&1 &
+pids+=($!)
+
 wait_ready "$port"
 wait_ready "$port2"
 wait_ready "$port4"
+wait_ready "$port6"
 
 export EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_NO_QUEUE_URL="http://127.0.0.1:$port2"
 export EMBER_QWEN3_URL="http://127.0.0.1:$port4" EMBER_QWEN3_MODEL="qwen3-tiny"
+export EMBER_EMBED_URL="http://127.0.0.1:$port6" EMBER_EMBED_MODEL="qwen3-embed-tiny"
 export EMBER_API_KEY="$key" EMBER_MODEL="SmolLM2-135M-Instruct.Q4_1"
 if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients; then
   echo "--- server log"; tail -n 50 "$logs/serve.log"; echo "--- qwen3 server log"; tail -n 20 "$logs/qwen3.log"; exit 1
@@ -83,14 +91,19 @@ api_key_env = "EMBER_API_KEY"
 name = "qwen3-tiny"
 base_url = "http://127.0.0.1:$port4/v1"
 api_key_env = "EMBER_API_KEY"
+
+[[backends]]
+name = "qwen3-embed-tiny"
+base_url = "http://127.0.0.1:$port6/v1"
+api_key_env = "EMBER_API_KEY"
 TOML
 EMBER_API_KEY="$key" "$ember" serve --port "$port5" --config "$logs/front.toml" >"$logs/front.log" 2>&1 &
 pids+=($!)
 wait_ready "$port5"
 if ! EMBER_BASE_URL="http://127.0.0.1:$port5" EMBER_QWEN3_URL="http://127.0.0.1:$port5" EMBER_NO_QUEUE_URL="" \
-  EMBER_VIA_UPSTREAM=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  EMBER_EMBED_URL="http://127.0.0.1:$port5" EMBER_VIA_UPSTREAM=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   tests/clients/test_openai_client.py tests/clients/test_tools_clients.py tests/clients/test_responses_api.py \
-  tests/clients/test_anthropic_messages.py; then
+  tests/clients/test_anthropic_messages.py tests/clients/test_embeddings.py; then
   echo "--- front log"; tail -n 50 "$logs/front.log"; exit 1
 fi
 

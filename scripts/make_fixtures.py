@@ -10,6 +10,11 @@ Each fixture directory holds config.json, model.safetensors and reference.json:
 float32, eager attention, fixed seeds, and a non-default random init (norm
 weights and biases randomised) so that a skipped norm or bias shows up.
 
+qwen3-embed-tiny is an embedding model as Qwen3-Embedding ships: a bare
+`Qwen3Model` (no head) with sentence-transformers' modules.json and
+1_Pooling/config.json (last-token pooling); its reference.json holds the
+L2-normalized last-token and mean-pooled final hidden states of a few inputs.
+
 Regenerate with:  python3 scripts/make_fixtures.py   (needs scripts/requirements-fixtures.txt)
 """
 import json
@@ -197,10 +202,56 @@ def make_tokenizer(name):
     (out / "reference.json").write_text(json.dumps(reference) + "\n")
 
 
+def make_embedding(seed):
+    """A tiny Qwen3-Embedding: pooled, normalized hidden states of token-id inputs."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    config = Qwen3Config(**dict(COMMON, head_dim=32, max_position_embeddings=256, tie_word_embeddings=True,
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    model = transformers.AutoModel.from_config(config, attn_implementation="eager").float().eval()
+    randomise(model, gen)
+    out = ROOT / "qwen3-embed-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    (out / "tokenizer.json").write_bytes((ROOT / "qwen3-tiny" / "tokenizer.json").read_bytes())
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ], indent=2) + "\n")
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    # Qwen3-Embedding's own pooling config.
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": config.hidden_size, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True, "include_prompt": True,
+    }, indent=2) + "\n")
+    inputs = [[rng.randrange(1, config.vocab_size - 1) for _ in range(n)] for n in (1, 5, 17, 40, 100)]
+    cases = []
+    for ids in inputs:
+        with torch.no_grad():
+            hidden = model(torch.tensor([ids])).last_hidden_state[0]
+        last = torch.nn.functional.normalize(hidden[-1], dim=0)
+        mean = torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
+        cases.append({"input": ids, "last": [round(float(x), 7) for x in last],
+                      "mean": [round(float(x), 7) for x in mean]})
+    reference = {
+        "generator": f"scripts/make_fixtures.py (transformers {transformers.__version__}, torch {torch.__version__})",
+        "seed": seed,
+        "cases": cases,
+    }
+    (out / "reference.json").write_text(json.dumps(reference) + "\n")
+    print(f"qwen3-embed-tiny: {len(cases)} cases")
+
+
 def main():
     for i, (name, spec) in enumerate(FIXTURES.items()):
         make(name, spec, seed=1234 + i)
     make_tokenizer("qwen3-tiny")
+    make_embedding(seed=4321)
 
 
 if __name__ == "__main__":

@@ -290,6 +290,7 @@ fn time_request(engine: &EngineHandle, request: GenerationRequest) -> Result<Tim
                 ..
             } => bail!("a bench request failed: {message}"),
             GenerationEvent::Finished { .. } => {}
+            GenerationEvent::Embedding { .. } => {}
             GenerationEvent::Done { .. } => break,
         }
     }

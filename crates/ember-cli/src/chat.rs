@@ -100,6 +100,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
                     ..
                 } => bail!("generation failed: {message}"),
                 GenerationEvent::Finished { .. } => {}
+                GenerationEvent::Embedding { .. } => {}
                 GenerationEvent::Done { .. } => break,
             }
         }

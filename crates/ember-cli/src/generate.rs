@@ -120,6 +120,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 }
             }
             GenerationEvent::Finished { reason, .. } => finish = Some(reason),
+            GenerationEvent::Embedding { .. } => {}
             GenerationEvent::Done { .. } => break,
         }
     }

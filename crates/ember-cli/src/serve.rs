@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use ember_engine::{EngineHandle, LoadedModel};
+use ember_engine::{EngineHandle, LoadedModel, Pooling};
 use ember_gateway::backend::build::{build_router, describe, wants_local};
 use ember_gateway::backend::health::spawn_checks;
 use ember_gateway::backend::local::LocalBackend;
@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// [default: f32]
     #[arg(long, value_enum)]
     dtype: Option<DtypeChoice>,
+    /// What the model does: `generate` text, or `embed` (answer
+    /// /v1/embeddings with last-token pooling unless its files name
+    /// another) [default: from the model's files].
+    #[arg(long, value_enum)]
+    task: Option<TaskChoice>,
     #[command(flatten)]
     cpu: CpuArgs,
     #[command(flatten)]
@@ -91,6 +96,9 @@ fn settings(args: ServeArgs) -> Result<(ServeConfig, Vec<String>)> {
     }
     if let Some(d) = args.dtype {
         m.dtype = d.to_possible_value().map(|v| v.get_name().to_owned());
+    }
+    if let Some(t) = args.task {
+        m.task = t.to_possible_value().map(|v| v.get_name().to_owned());
     }
     m.threads = args.cpu.threads.or(m.threads);
     if let Some(d) = args.cpu.kv_cache_dtype {
@@ -185,6 +193,7 @@ fn start_local(c: &ServeConfig, metrics: Arc<GatewayMetrics>) -> Result<Arc<Loca
     }
     let device: DeviceChoice = parse_choice(c.model.device.as_deref(), "device")?.unwrap_or(DeviceChoice::Flex);
     let dtype: DtypeChoice = parse_choice(c.model.dtype.as_deref(), "dtype")?.unwrap_or(DtypeChoice::F32);
+    let task: Option<TaskChoice> = parse_choice(c.model.task.as_deref(), "task")?;
     let mut load_options = CpuArgs {
         threads: c.model.threads,
         kv_cache_dtype: parse_choice(c.model.kv_cache_dtype.as_deref(), "kv_cache_dtype")?,
@@ -216,6 +225,11 @@ fn start_local(c: &ServeConfig, metrics: Arc<GatewayMetrics>) -> Result<Arc<Loca
             .with_context(|| format!("loading model from {}", model_path.display()))
             .and_then(|mut loaded| {
                 loaded.info.markers = markers;
+                loaded.info.pooling = match task {
+                    None => loaded.info.pooling,
+                    Some(TaskChoice::Generate) => None,
+                    Some(TaskChoice::Embed) => loaded.info.pooling.or(Some(Pooling::Last)),
+                };
                 Ok(EngineHandle::start(loaded, engine_config)?)
             });
         match loaded {
@@ -239,6 +253,12 @@ fn start_local(c: &ServeConfig, metrics: Arc<GatewayMetrics>) -> Result<Arc<Loca
         }
     });
     Ok(local)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TaskChoice {
+    Generate,
+    Embed,
 }
 
 /// SIGINT or SIGTERM.

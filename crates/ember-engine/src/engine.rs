@@ -22,8 +22,8 @@ use crate::important;
 use crate::loaded_model::{LoadedModel, ModelInfo};
 use crate::metrics::{EngineObserver, EngineStats, StatsSnapshot};
 use crate::output::{EngineEvent, OutputProcessor};
-use crate::request::{FinishReason, GenerationEvent, GenerationRequest, Usage};
-use crate::sampling::{Sampler, TokenHistory, TokenLogprob};
+use crate::request::{EmbeddingRequest, FinishReason, GenerationEvent, GenerationRequest, Usage};
+use crate::sampling::{Sampler, SamplingParams, TokenHistory, TokenLogprob};
 use crate::scheduler::{CausalLmRunner, Group, Scheduler, SchedulerConfig, Sequence, SequenceStart, StopSignals};
 
 /// The most choices one request may ask for.
@@ -346,7 +346,6 @@ impl EngineHandle {
             });
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = unbounded_channel();
         let seed = request.sampling.seed.unwrap_or_else(rand::random);
         let mut stop_ids = request.stop_token_ids.clone();
         if !request.ignore_eos {
@@ -369,15 +368,71 @@ impl EngineHandle {
                     stop_ids: stop_ids.clone(),
                     sampler: Sampler::new(request.sampling.clone(), seed.wrapping_add(index as u64)),
                     processor: request.logits_processor.as_ref().map(|f| f.create()),
+                    pooling: None,
                 })
             })
             .collect();
+        let output = OutputProcessor::new(request.n, shared.model.tokenizer.as_ref(), &request.stop, signals.clone());
+        self.enqueue(id, sequences, signals, output)
+    }
+
+    /// Queues an embedding request: its prompt is prefilled like any other,
+    /// batched with the running requests, and its hidden states pooled.
+    pub fn embed(&self, request: EmbeddingRequest) -> Result<GenerationStream> {
+        let info = &self.shared.info;
+        if request.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab = self.shared.model.config.vocab_size;
+        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParameter {
+                field: "input",
+                reason: format!("token id {token} is outside the vocabulary (size {vocab})"),
+            });
+        }
+        if request.prompt.len() > info.max_model_len {
+            return Err(EngineError::ContextLength {
+                prompt: request.prompt.len(),
+                max_tokens: 0,
+                max_model_len: info.max_model_len,
+            });
+        }
+        let shared = &self.shared;
+        let waiting = shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        if waiting as usize >= info.max_queue_len {
+            shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::QueueFull { limit: info.max_queue_len });
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let sequence = Sequence::new(SequenceStart {
+            group: id,
+            index: 0,
+            history: TokenHistory::new(&request.prompt),
+            prompt: request.prompt,
+            global_spans: Arc::from([]),
+            max_tokens: 0,
+            stop_ids: Arc::from([]),
+            sampler: Sampler::new(SamplingParams::default(), 0),
+            processor: None,
+            pooling: Some(request.pooling),
+        });
+        let signals = Arc::new(StopSignals::new(1));
+        let output = OutputProcessor::new(1, None, &[], signals.clone());
+        self.enqueue(id, vec![sequence], signals, output)
+    }
+
+    /// Hands a request's sequences to the engine thread (already counted
+    /// as waiting) and returns its stream.
+    fn enqueue(&self, id: u64, sequences: Vec<Sequence>, signals: Arc<StopSignals>, output: OutputProcessor) -> Result<GenerationStream> {
+        let shared = &self.shared;
+        let prompt_tokens = sequences.first().map_or(0, |s| s.prompt_len);
+        let (tx, rx) = unbounded_channel();
         let group = Group {
             tx,
-            stops: signals.clone(),
-            unfinished: request.n,
+            stops: signals,
+            unfinished: sequences.len(),
             usage: Usage {
-                prompt_tokens: request.prompt.len(),
+                prompt_tokens,
                 ..Usage::default()
             },
             arrived: Instant::now(),
@@ -395,8 +450,8 @@ impl EngineHandle {
         }
         Ok(GenerationStream {
             events: rx,
-            output: OutputProcessor::new(request.n, shared.model.tokenizer.as_ref(), &request.stop, signals),
-            prompt_tokens: request.prompt.len(),
+            output,
+            prompt_tokens,
         })
     }
 
@@ -593,6 +648,8 @@ pub struct Completion {
     pub choices: Vec<Choice>,
     /// `None` if the engine stopped before the request was done.
     pub usage: Option<Usage>,
+    /// An embedding request's vector.
+    pub embedding: Option<Vec<f32>>,
 }
 
 impl Completion {
@@ -621,6 +678,10 @@ impl Completion {
             GenerationEvent::Finished { index, reason } => {
                 let i = choice(&mut self.choices, index);
                 self.choices[i].finish_reason = Some(reason);
+                false
+            }
+            GenerationEvent::Embedding { vector, .. } => {
+                self.embedding = Some(vector);
                 false
             }
             GenerationEvent::Done { usage } => {

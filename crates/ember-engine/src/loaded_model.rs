@@ -16,6 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::generation_defaults::GenerationDefaults;
 use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::important::{self, MarkerPolicy};
+use crate::request::Pooling;
 use crate::structured::GrammarCompiler;
 use crate::tokenizer::TextTokenizer;
 
@@ -45,6 +46,9 @@ pub struct ModelInfo {
     /// Set when attention is sparse: `[IMPORTANT]` markers then become
     /// global spans. `None` (dense) leaves them as plain text.
     pub markers: Option<MarkerPolicy>,
+    /// Set for an embedding model: how its hidden states become a vector
+    /// (`crate::pooling`, or `ember serve --task embed`).
+    pub pooling: Option<Pooling>,
     /// Built on first use (`ember serve` asks for it right after loading):
     /// the token trie takes about a second on a 150K-token vocabulary, which
     /// `generate`, `chat` and the tests need not pay.
@@ -177,6 +181,7 @@ impl LoadedModel {
             config: model.config().clone(),
             generation_defaults,
             markers: model.options().sparse.map(|_| MarkerPolicy::default()),
+            pooling: crate::pooling::detect(dir, read_json)?,
             grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
@@ -226,6 +231,7 @@ impl LoadedModel {
                 GenerationDefaults::default()
             },
             markers: model.options().sparse.map(|_| MarkerPolicy::default()),
+            pooling: gguf_pooling(meta),
             grammar_compiler: OnceLock::new(),
         };
         Ok(Self { model, info })
@@ -233,6 +239,17 @@ impl LoadedModel {
 }
 
 /// A JSON file's contents, or `None` if the file does not exist.
+/// An embedding GGUF's pooling: llama.cpp writes `{arch}.pooling_type`
+/// (llama.h's `llama_pooling_type`: 1 mean, 3 last).
+fn gguf_pooling(meta: &std::collections::HashMap<String, MetadataValue>) -> Option<Pooling> {
+    let arch = meta.get("general.architecture").and_then(MetadataValue::as_str)?;
+    match meta.get(&format!("{arch}.pooling_type")).and_then(MetadataValue::as_u64)? {
+        1 => Some(Pooling::Mean),
+        3 => Some(Pooling::Last),
+        _ => None,
+    }
+}
+
 fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);

@@ -28,6 +28,10 @@ pub(crate) enum EngineEvent {
         index: usize,
         reason: FinishReason,
     },
+    Embedding {
+        index: usize,
+        vector: Vec<f32>,
+    },
     Done {
         usage: Usage,
     },
@@ -90,6 +94,7 @@ impl OutputProcessor {
                     self.pending.push_back(GenerationEvent::Finished { index, reason });
                 }
             }
+            EngineEvent::Embedding { index, vector } => self.pending.push_back(GenerationEvent::Embedding { index, vector }),
             EngineEvent::Done { mut usage } => {
                 // Tokens sampled after a stop string matched never reached the caller.
                 usage.completion_tokens = self.choices.iter().map(|c| c.tokens).sum();

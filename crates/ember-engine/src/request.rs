@@ -57,6 +57,25 @@ impl std::fmt::Debug for GenerationRequest {
     }
 }
 
+/// How an embedding request's hidden states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The last token's (Qwen3-Embedding, decoder embedders generally).
+    Last,
+    /// The mean over the prompt's tokens (sentence-transformers' default).
+    Mean,
+}
+
+/// One embedding request: a tokenized input whose final hidden states are
+/// pooled into one L2-normalized vector. It runs as a prefill-only
+/// sequence, batched with generation, and its stream yields `Embedding`,
+/// `Finished` and `Done`.
+#[derive(Debug, Clone)]
+pub struct EmbeddingRequest {
+    pub prompt: Vec<u32>,
+    pub pooling: Pooling,
+}
+
 /// Why a choice ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FinishReason {
@@ -106,6 +125,11 @@ pub enum GenerationEvent {
     Finished {
         index: usize,
         reason: FinishReason,
+    },
+    /// An embedding request's vector, L2-normalized.
+    Embedding {
+        index: usize,
+        vector: Vec<f32>,
     },
     Done {
         usage: Usage,

@@ -112,7 +112,7 @@ fn chat_sse(
         }
         Event::Finish { index, reason } => vec![chunk(choice(index, json!({}), None, Some(&reason)), None)],
         Event::Usage(usage) if include_usage => vec![chunk(json!([]), Some(json!(crate::openai::Usage::from(usage))))],
-        Event::Usage(_) | Event::Error(_) => Vec::new(),
+        Event::Usage(_) | Event::Error(_) | Event::Embedding { .. } => Vec::new(),
     });
     futures_util::stream::iter(roles.into_iter().map(|r| Ok(sse_event(&r)))).chain(rest)
 }

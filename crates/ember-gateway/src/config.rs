@@ -199,6 +199,8 @@ pub struct ModelSection {
     pub device: Option<String>,
     /// `f32`, `f16` or `bf16`.
     pub dtype: Option<String>,
+    /// `generate` or `embed`; from the model's files when absent.
+    pub task: Option<String>,
     /// Threads of the CPU kernels; the physical cores when absent.
     pub threads: Option<usize>,
     /// `f32` or `f16`: KV cache element type on the CPU fast path.

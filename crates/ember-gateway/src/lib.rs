@@ -6,6 +6,7 @@
 pub mod backend;
 mod chat;
 mod completions;
+mod embeddings;
 pub mod config;
 pub mod error;
 #[doc(hidden)] pub mod fuzz_api;
@@ -39,6 +40,7 @@ pub fn configure(state: web::Data<AppState>) -> impl Fn(&mut web::ServiceConfig)
                 .wrap(actix_web::middleware::from_fn(middleware::observe))
                 .route("/v1/chat/completions", web::post().to(chat::chat_completions))
                 .route("/v1/completions", web::post().to(completions::completions))
+                .route("/v1/embeddings", web::post().to(embeddings::embeddings))
                 .route("/v1/responses", web::post().to(responses::create))
                 .route("/v1/responses/{id}", web::get().to(responses::get))
                 .route("/v1/responses/{id}", web::delete().to(responses::delete))

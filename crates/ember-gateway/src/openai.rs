@@ -198,6 +198,22 @@ pub struct CompletionRequest {
     pub logit_bias: Option<Value>,
 }
 
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    /// Texts or token ids, one or many, as a completions `prompt`.
+    pub input: PromptField,
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<i64>,
+    pub user: Option<String>,
+}
+
+impl KnownFields for EmbeddingsRequest {
+    const SAMPLING: bool = false;
+    const FIELDS: &'static [&'static str] = &["model", "input", "encoding_format", "dimensions", "user"];
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,

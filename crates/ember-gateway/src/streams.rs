@@ -24,6 +24,8 @@ pub struct CollectedChoice {
     pub calls: Vec<CollectedCall>,
     pub logprobs: Vec<TokenLogprobJson>,
     pub finish_reason: Option<String>,
+    /// An embedding request's vector.
+    pub embedding: Vec<f32>,
 }
 
 /// Waits for everything: the choices in index order and the usage.
@@ -46,6 +48,7 @@ pub async fn collect(mut events: EventStream) -> Result<(Vec<CollectedChoice>, U
                 slot(&mut slot(&mut choices, index)?.calls, call)?.arguments.push_str(&fragment);
             }
             Event::Finish { index, reason } => slot(&mut choices, index)?.finish_reason = Some(reason),
+            Event::Embedding { index, vector } => slot(&mut choices, index)?.embedding = vector,
             Event::Usage(u) => usage = u,
             Event::Error(e) => return Err(e),
         }

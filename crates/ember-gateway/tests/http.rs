@@ -523,3 +523,39 @@ async fn important_markers_are_global_spans_under_sparse_attention() -> anyhow::
     assert_eq!(chat_tokens["tokens"], chat_plain["tokens"]);
     Ok(())
 }
+
+/// Anthropic's routes answer errors in Anthropic's shape (a missing key,
+/// malformed JSON) and take the key as `x-api-key`; with a store of size 0
+/// a response is answered but not kept.
+#[actix_web::test]
+async fn anthropic_errors_and_a_response_store_of_size_zero() -> anyhow::Result<()> {
+    let limits = Limits {
+        responses_store_size: 0,
+        ..Limits::default()
+    };
+    let s = server_with(vec!["k".into()], limits, small_engine())?;
+    let app = app!(s);
+    // Greedy, so the random model's 4 tokens are the same ones every run.
+    let message = json!({"model": MODEL, "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, got) = call(&app, post("/v1/messages", message.clone())).await;
+    assert_eq!((status, &got["type"], &got["error"]["type"]), (StatusCode::UNAUTHORIZED, &json!("error"), &json!("authentication_error")));
+    let malformed = test::TestRequest::post()
+        .uri("/v1/messages")
+        .insert_header(("x-api-key", "k"))
+        .insert_header(("content-type", "application/json"))
+        .set_payload("{\"model\": ");
+    let (status, got) = call(&app, malformed).await;
+    assert_eq!((status, &got["error"]["type"]), (StatusCode::BAD_REQUEST, &json!("invalid_request_error")), "{got}");
+    let (status, got) = call(&app, post("/v1/messages", message).insert_header(("x-api-key", "k"))).await;
+    assert_eq!((status, &got["type"]), (StatusCode::OK, &json!("message")), "{got}");
+    assert_eq!(got["usage"]["output_tokens"], 4);
+
+    let bearer = ("authorization", "Bearer k");
+    let response = json!({"model": MODEL, "input": "hi", "max_output_tokens": 4, "temperature": 0});
+    let (status, got) = call(&app, post("/v1/responses", response).insert_header(bearer)).await;
+    assert_eq!((status, &got["status"], &got["store"]), (StatusCode::OK, &json!("incomplete"), &json!(false)), "{got}");
+    let id = got["id"].as_str().unwrap_or_default();
+    let (status, got) = call(&app, test::TestRequest::get().uri(&format!("/v1/responses/{id}")).insert_header(bearer)).await;
+    assert_openai_error(status, &got, StatusCode::NOT_FOUND, None);
+    Ok(())
+}

@@ -200,13 +200,19 @@ impl CausalLm {
             });
         }
         let c = &config;
-        let embed_tokens = Embedding::load(&loader, "model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
+        // A bare decoder (transformers' `Qwen3Model`, as sentence-transformers
+        // and Qwen3-Embedding save it) names its tensors without `model.`
+        // and has no head; the head then reuses the embedding, unused by
+        // the pooled outputs such a checkpoint is for.
+        let bare = !source.contains("model.embed_tokens.weight") && source.contains("embed_tokens.weight");
+        let base = if bare { "" } else { "model." };
+        let embed_tokens = Embedding::load(&loader, &format!("{base}embed_tokens.weight"), c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| DecoderLayer::load(&loader, &format!("model.layers.{i}"), c))
+            .map(|i| DecoderLayer::load(&loader, &format!("{base}layers.{i}"), c))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&loader, "model.norm", c.hidden_size, c.rms_norm_eps)?;
+        let norm = RmsNorm::load(&loader, &format!("{base}norm"), c.hidden_size, c.rms_norm_eps)?;
         // A tied checkpoint has no lm_head.weight: the head reuses the embedding.
-        let lm_head = if c.tie_word_embeddings && !source.contains("lm_head.weight") {
+        let lm_head = if (c.tie_word_embeddings || bare) && !source.contains("lm_head.weight") {
             embed_tokens.tied_head()
         } else {
             Linear::load(&loader, "lm_head", c.hidden_size, c.vocab_size, false)?
@@ -300,6 +306,39 @@ impl CausalLm {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let (hidden, rows) = self.hidden_states(pool, batch)?;
+        let wanted: Vec<usize> = match mode {
+            LogitsMode::All => (0..hidden.dims()[0]).collect(),
+            LogitsMode::Last => rows.iter().map(|r| r.end - 1).collect(),
+        };
+        let logits = self.head(hidden, &wanted);
+        Ok(match mode {
+            LogitsMode::All => rows.into_iter().map(|r| logits.clone().narrow(0, r.start, r.len())).collect(),
+            LogitsMode::Last => (0..rows.len()).map(|i| logits.clone().narrow(0, i, 1)).collect(),
+        })
+    }
+
+    /// The head's next-token logits, f32, of the given rows of `hidden`
+    /// (the output of `hidden_states`), in that order.
+    pub fn head(&self, hidden: Tensor<2>, rows: &[usize]) -> Tensor<2> {
+        let hidden = if rows.len() == hidden.dims()[0] && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            hidden
+        } else {
+            let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &self.device);
+            hidden.select(0, index)
+        };
+        self.lm_head.forward(hidden).cast(DType::F32)
+    }
+
+    /// One step's decoder stack over a batch, as `forward` runs it, without
+    /// the head: the final norm's output for every new token, `[tokens,
+    /// hidden]` in the model's dtype, and each sequence's rows. Embedding
+    /// models pool these; generation takes `head` of the last rows.
+    pub fn hidden_states(&self, pool: &mut KvPool, batch: &[SequenceInput<'_>]) -> Result<(Tensor<2>, Vec<Range<usize>>)> {
+        if batch.is_empty() {
+            return Err(ModelError::EmptySequence);
+        }
         if pool.num_layers() != self.layers.len() {
             return Err(ModelError::CacheMismatch {
                 cache_layers: pool.num_layers(),
@@ -390,22 +429,7 @@ impl CausalLm {
             }
         };
 
-        // 4. The head, only on the rows whose logits are wanted.
-        let rows: Vec<_> = layout.sequences.iter().map(|s| s.rows.clone()).collect();
-        let hidden = match mode {
-            LogitsMode::All => hidden,
-            LogitsMode::Last => {
-                let last: Vec<i64> = rows.iter().map(|r| (r.end - 1) as i64).collect();
-                let count = last.len();
-                let index = Tensor::<1, Int>::from_data(TensorData::new(last, [count]), &self.device);
-                hidden.select(0, index)
-            }
-        };
-        let logits = self.lm_head.forward(hidden).cast(DType::F32);
-        Ok(match mode {
-            LogitsMode::All => rows.into_iter().map(|r| logits.clone().narrow(0, r.start, r.len())).collect(),
-            LogitsMode::Last => (0..rows.len()).map(|i| logits.clone().narrow(0, i, 1)).collect(),
-        })
+        Ok((hidden, layout.sequences.iter().map(|s| s.rows.clone()).collect()))
     }
 
     /// Every layer and the final norm as host data, when the fast path

@@ -22,12 +22,12 @@ use ember_model::SequenceInput;
 use crate::block_manager::{BlockManager, ROOT_HASH, SharedBlocks};
 use crate::metrics::{self, EngineObserver, EngineStats, StepReport};
 use crate::output::EngineEvent;
-use crate::request::FinishReason;
+use crate::request::{FinishReason, Pooling};
 use crate::sampling::LogitsProcessor;
 
 pub(crate) use planner::SchedulerConfig;
 use planner::{Plan, Planned, Planner};
-pub(crate) use runner::{CausalLmRunner, ModelRunner, panic_message};
+pub(crate) use runner::{CausalLmRunner, ModelRunner, StepOutputs, panic_message};
 pub(crate) use sequence::{Group, Sequence, SequenceStart, StopSignals};
 
 pub(crate) struct Scheduler<R: ModelRunner> {
@@ -175,15 +175,19 @@ impl<R: ModelRunner> Scheduler<R> {
     }
 
     /// One forward over the plan; the next-token logits of every sequence
-    /// that reached its end, keyed by plan position.
-    fn run_forward(&mut self, plan: &[Planned]) -> Result<HashMap<usize, Vec<f32>>, String> {
+    /// that reached its end, and the pooled hidden states of embedding
+    /// sequences, keyed by plan position.
+    fn run_forward(&mut self, plan: &[Planned]) -> Result<StepRows, String> {
         let running = &mut self.planner.running;
         // Only sequences whose last token gets computed sample this step.
         let sampling: Vec<usize> = (0..plan.len())
             .filter(|&k| {
                 let s = &running[plan[k].running];
-                s.computed + plan[k].len == s.tokens.len()
+                s.pooling.is_none() && s.computed + plan[k].len == s.tokens.len()
             })
+            .collect();
+        let pooling: Vec<(usize, Pooling)> = (0..plan.len())
+            .filter_map(|k| running[plan[k].running].pools_chunk(plan[k].len).map(|p| (k, p)))
             .collect();
         // Their grammar masks are computed on a helper thread while the
         // forward pass runs; the processors are lent to it for the step.
@@ -209,7 +213,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let (runner, observer) = (&mut self.runner, self.observer.as_deref());
         let rows = std::thread::scope(|scope| {
             let helper = (!lent.is_empty()).then(|| scope.spawn(|| prepare_masks(&mut lent, observer)));
-            let rows = runner.forward(&inputs, &sampling);
+            let rows = runner.forward(&inputs, &sampling, &pooling);
             if let Some(helper) = helper {
                 // `prepare_masks` catches panics; a failed mask shows up at sampling.
                 let _ = helper.join();
@@ -220,12 +224,17 @@ impl<R: ModelRunner> Scheduler<R> {
         for (r, processor) in lent {
             running[r].processor = Some(processor);
         }
-        Ok(sampling.into_iter().zip(rows?).collect())
+        let StepOutputs { logits, pooled } = rows?;
+        Ok(StepRows {
+            logits: sampling.into_iter().zip(logits).collect(),
+            pooled: pooling.into_iter().map(|(k, _)| k).zip(pooled).collect(),
+        })
     }
 
     /// Advances every planned sequence past its computed tokens, caches its
     /// newly full blocks, and samples where logits came back.
-    fn take_outputs(&mut self, plan: &[Planned], mut rows: HashMap<usize, Vec<f32>>) {
+    fn take_outputs(&mut self, plan: &[Planned], rows: StepRows) {
+        let StepRows { logits: mut rows, mut pooled } = rows;
         let bs = self.runner.block_size();
         let blocks = self.planner.blocks().clone();
         let retire = self.planner.retire_unseen();
@@ -247,6 +256,10 @@ impl<R: ModelRunner> Scheduler<R> {
             // After the hashes: a retired block stays findable by its hash.
             if let Some(layout) = &retire {
                 seq.retire_unseen(layout, bs);
+            }
+            if let Some(part) = pooled.remove(&k) {
+                pool_chunk(seq, part, p.len, &self.groups);
+                continue;
             }
             let Some(mut row) = rows.remove(&k) else { continue };
             let Some(group) = self.groups.get_mut(&seq.group) else {
@@ -357,6 +370,41 @@ impl<R: ModelRunner> Scheduler<R> {
             });
         }
     }
+}
+
+/// What `run_forward` hands `take_outputs`, keyed by plan position.
+struct StepRows {
+    logits: HashMap<usize, Vec<f32>>,
+    pooled: HashMap<usize, Vec<f32>>,
+}
+
+/// Adds an embedding sequence's chunk of pooled hidden states (`part`, for
+/// the `len` tokens just computed); after its last chunk, sends the
+/// normalized vector and finishes the sequence.
+fn pool_chunk(seq: &mut Sequence, part: Vec<f32>, len: usize, groups: &HashMap<u64, Group>) {
+    let first = seq.computed == len;
+    match seq.pooling {
+        Some(Pooling::Mean) if !first && seq.pooled.len() == part.len() => {
+            seq.pooled.iter_mut().zip(&part).for_each(|(sum, x)| *sum += x);
+        }
+        _ => seq.pooled = part,
+    }
+    if seq.computed < seq.tokens.len() {
+        return;
+    }
+    let mut vector = std::mem::take(&mut seq.pooled);
+    if seq.pooling == Some(Pooling::Mean) {
+        let count = seq.tokens.len() as f32;
+        vector.iter_mut().for_each(|x| *x /= count);
+    }
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    if let Some(group) = groups.get(&seq.group) {
+        let _ = group.tx.send(EngineEvent::Embedding { index: seq.index, vector });
+    }
+    seq.finished = Some(FinishReason::Stop);
 }
 
 /// Counts one of the group's choices finished; when it was the last, the

@@ -148,8 +148,12 @@ impl Planner {
                 w += 1;
                 continue;
             }
-            // Reuse whole cached blocks, leaving at least the last token to compute.
-            let max_blocks = (seq.tokens.len() - 1) / bs;
+            // Reuse whole cached blocks, leaving at least the last token to
+            // compute; a mean-pooled embedding computes every token.
+            let max_blocks = match seq.pooling {
+                Some(crate::request::Pooling::Mean) => 0,
+                _ => (seq.tokens.len() - 1) / bs,
+            };
             let mut table = self.blocks.table();
             let mut manager = self.blocks.lock();
             let matched = manager.match_prefix(&seq.tokens, &seq.global_spans, max_blocks);

@@ -11,7 +11,7 @@ use ember_model::sparse::SparseLayout;
 
 use crate::block_manager::BlockTable;
 use crate::output::EngineEvent;
-use crate::request::{FinishReason, Usage};
+use crate::request::{FinishReason, Pooling, Usage};
 use crate::sampling::{LogitsProcessor, Sampler, TokenHistory};
 
 /// Choices whose consumer has seen them end (a stop string matched in the
@@ -75,6 +75,11 @@ pub(crate) struct Sequence {
     pub retired_upto: usize,
     pub last_token_at: Option<Instant>,
     pub finished: Option<FinishReason>,
+    /// Set for an embedding request, which samples nothing: its prompt's
+    /// hidden states are pooled into `pooled` as its chunks are computed.
+    pub pooling: Option<Pooling>,
+    /// The sum of the hidden states so far (mean), or the last one (last).
+    pub pooled: Vec<f32>,
 }
 
 /// What a sequence starts from; one per choice of a request.
@@ -88,6 +93,7 @@ pub(crate) struct SequenceStart {
     pub stop_ids: Arc<[u32]>,
     pub sampler: Sampler,
     pub processor: Option<Box<dyn LogitsProcessor>>,
+    pub pooling: Option<Pooling>,
 }
 
 impl Sequence {
@@ -109,6 +115,17 @@ impl Sequence {
             retired_upto: 0,
             last_token_at: None,
             finished: None,
+            pooling: start.pooling,
+            pooled: Vec::new(),
+        }
+    }
+
+    /// Which hidden states a step computing `len` more tokens must pool:
+    /// every chunk's for a mean, the final chunk's for the last token.
+    pub fn pools_chunk(&self, len: usize) -> Option<Pooling> {
+        match self.pooling? {
+            Pooling::Mean => Some(Pooling::Mean),
+            Pooling::Last => (self.computed + len == self.tokens.len()).then_some(Pooling::Last),
         }
     }
 

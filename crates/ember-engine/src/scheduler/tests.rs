@@ -30,7 +30,7 @@ impl ModelRunner for FakeRunner {
         self.num_blocks
     }
 
-    fn forward(&mut self, inputs: &[SequenceInput<'_>], sample: &[usize]) -> Result<Vec<Vec<f32>>, String> {
+    fn forward(&mut self, inputs: &[SequenceInput<'_>], sample: &[usize], pool: &[(usize, Pooling)]) -> Result<StepOutputs, String> {
         for input in inputs {
             let needed = (input.past_len + input.tokens.len()).div_ceil(self.block_size);
             if input.block_table.len() < needed {
@@ -38,7 +38,7 @@ impl ModelRunner for FakeRunner {
             }
         }
         self.steps.push(inputs.iter().map(|i| i.tokens.len()).collect());
-        Ok(sample
+        let logits = sample
             .iter()
             .map(|&k| {
                 let last = inputs[k].tokens.last().copied().unwrap_or(0) as usize;
@@ -46,7 +46,19 @@ impl ModelRunner for FakeRunner {
                 row[(last + 1) % VOCAB] = 1.0;
                 row
             })
-            .collect())
+            .collect();
+        // A token's "hidden state" is `[token, 1]`.
+        let pooled = pool
+            .iter()
+            .map(|&(k, pooling)| {
+                let tokens = inputs[k].tokens;
+                match pooling {
+                    Pooling::Mean => vec![tokens.iter().map(|&t| t as f32).sum(), tokens.len() as f32],
+                    Pooling::Last => vec![tokens.last().copied().unwrap_or(0) as f32, 1.0],
+                }
+            })
+            .collect();
+        Ok(StepOutputs { logits, pooled })
     }
 
     fn is_intact(&self) -> bool {
@@ -99,6 +111,7 @@ fn submit(s: &mut Scheduler<FakeRunner>, id: u64, prompt: Vec<u32>, max_tokens: 
                 stop_ids: Arc::from(Vec::new()),
                 sampler: Sampler::new(SamplingParams::greedy(), 0),
                 processor: None,
+                pooling: None,
             })
         })
         .collect();
@@ -129,7 +142,7 @@ fn outputs(rx: &mut UnboundedReceiver<EngineEvent>) -> (Vec<Vec<u32>>, Option<Us
                 }
                 tokens[index].push(token);
             }
-            EngineEvent::Finished { .. } => {}
+            EngineEvent::Finished { .. } | EngineEvent::Embedding { .. } => {}
             EngineEvent::Done { usage: u } => usage = Some(u),
         }
     }
@@ -187,6 +200,7 @@ fn a_step_that_can_plan_nothing_says_so() {
         stop_ids: Arc::from(Vec::new()),
         sampler: Sampler::new(SamplingParams::greedy(), 0),
         processor: None,
+        pooling: None,
     });
     s.add(7, group, vec![seq]);
     assert!(s.has_work());
@@ -323,4 +337,82 @@ fn retiring_unseen_blocks_bounds_a_long_generation() {
     // null + sink + window (this block and one before) + the next chunk's blocks.
     assert!(peak <= 6, "peak {peak} blocks");
     assert_eq!(s.planner.blocks().lock().num_used(), 1, "only the null block stays out");
+}
+
+/// Submits an embedding request; returns its event receiver.
+fn submit_embedding(s: &mut Scheduler<FakeRunner>, id: u64, prompt: Vec<u32>, pooling: Pooling) -> UnboundedReceiver<EngineEvent> {
+    let (tx, rx) = unbounded_channel();
+    let group = Group {
+        tx,
+        stops: Arc::new(StopSignals::new(1)),
+        unfinished: 1,
+        usage: Usage {
+            prompt_tokens: prompt.len(),
+            ..Usage::default()
+        },
+        arrived: Instant::now(),
+        leader_prefilled: false,
+        counted_waiting: true,
+    };
+    s.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seq = Sequence::new(SequenceStart {
+        group: id,
+        index: 0,
+        history: TokenHistory::new(&prompt),
+        prompt,
+        global_spans: Arc::from(Vec::new()),
+        max_tokens: 0,
+        stop_ids: Arc::from(Vec::new()),
+        sampler: Sampler::new(SamplingParams::greedy(), 0),
+        processor: None,
+        pooling: Some(pooling),
+    });
+    s.add(id, group, vec![seq]);
+    rx
+}
+
+fn embedding(rx: &mut UnboundedReceiver<EngineEvent>) -> Option<Vec<f32>> {
+    let mut vector = None;
+    while let Ok(event) = rx.try_recv() {
+        if let EngineEvent::Embedding { vector: v, .. } = event {
+            vector = Some(v);
+        }
+    }
+    vector
+}
+
+/// A long input is pooled across its prefill chunks, batched with a
+/// generation, and never sampled from; a mean-pooled one computes every
+/// token even when its prefix is cached, since the mean needs all of them.
+#[test]
+fn embeddings_pool_across_chunks_beside_generation() {
+    let mut s = scheduler(64, 4, 8, 4);
+    let prompt = counting_from(1, 20);
+    let mut mean = submit_embedding(&mut s, 1, prompt.clone(), Pooling::Mean);
+    let mut generation = submit(&mut s, 2, counting_from(100, 3), 2, 1);
+    run(&mut s, 100);
+    // Tokens 1..=20: the mean is [10.5, 1], normalized.
+    let norm = (10.5f32 * 10.5 + 1.0).sqrt();
+    let got = embedding(&mut mean).unwrap_or_default();
+    assert_eq!(got.len(), 2);
+    assert!((got[0] - 10.5 / norm).abs() < 1e-6 && (got[1] - 1.0 / norm).abs() < 1e-6, "{got:?}");
+    assert_eq!(outputs(&mut generation).0[0].len(), 2);
+    assert!(s.runner.steps.len() >= 3, "20 tokens in chunks of at most 8: {:?}", s.runner.steps);
+
+    let mut again = submit_embedding(&mut s, 3, prompt.clone(), Pooling::Mean);
+    let steps_before = s.runner.steps.len();
+    run(&mut s, 100);
+    let computed: usize = s.runner.steps[steps_before..].iter().flatten().sum();
+    assert_eq!(computed, 20, "a cached prefix must not shorten a mean");
+    assert_eq!(embedding(&mut again), Some(got));
+
+    // The last token's state needs only the last token computed afresh.
+    let mut last = submit_embedding(&mut s, 4, prompt, Pooling::Last);
+    let steps_before = s.runner.steps.len();
+    run(&mut s, 100);
+    let computed: usize = s.runner.steps[steps_before..].iter().flatten().sum();
+    assert!(computed < 20, "{computed}");
+    let norm = (20.0f32 * 20.0 + 1.0).sqrt();
+    assert_eq!(embedding(&mut last), Some(vec![20.0 / norm, 1.0 / norm]));
+    assert_idle(&s);
 }

@@ -19,13 +19,14 @@ use futures_util::Stream;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::openai::{ChatCompletionRequest, CompletionRequest, SamplingFields, TokenLogprobJson};
+use crate::openai::{ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, SamplingFields, TokenLogprobJson};
 
 /// Which OpenAI endpoint a request came to.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     Chat(Box<ChatCompletionRequest>),
     Completions(Box<CompletionRequest>),
+    Embeddings(Box<EmbeddingsRequest>),
 }
 
 /// A request whose shape the handler has checked: the typed fields, and the
@@ -75,6 +76,8 @@ pub enum Event {
     },
     /// More of a call's `arguments` JSON text.
     ToolCallArguments { index: usize, call: usize, fragment: String },
+    /// An embedding request's vector for its input at `index`, L2-normalized.
+    Embedding { index: usize, vector: Vec<f32> },
     /// A choice is done: `stop`, `length`, `tool_calls`, ...
     Finish { index: usize, reason: String },
     /// Every choice is done: the request's token counts.

@@ -139,7 +139,7 @@ impl EventShaper for MessageStream {
             }
             Event::Finish { reason, .. } => self.finish = Some(reason),
             Event::Usage(usage) => self.usage = usage,
-            Event::Text { .. } | Event::Error(_) => {}
+            Event::Text { .. } | Event::Error(_) | Event::Embedding { .. } => {}
         }
         out
     }

@@ -242,7 +242,7 @@ impl EventShaper for ResponseStream {
             }
             Event::Finish { reason, .. } => self.finish = Some(reason),
             Event::Usage(usage) => self.usage = usage,
-            Event::Text { .. } | Event::Error(_) => {}
+            Event::Text { .. } | Event::Error(_) | Event::Embedding { .. } => {}
         }
         out
     }

@@ -75,6 +75,7 @@ pub fn events(streams: Vec<GenerationStream>, n: usize, reporting: Reporting) ->
                 let parser = st.parsers.get_mut(index).filter(|_| st.reporting.parse_calls);
                 text_events(index, text, logprobs, parser)
             }
+            GenerationEvent::Embedding { index, vector } => vec![Event::Embedding { index: index + offset, vector }],
             GenerationEvent::Finished {
                 reason: FinishReason::Error(message),
                 ..

@@ -12,12 +12,12 @@ pub mod tools;
 
 use std::sync::OnceLock;
 
-use ember_engine::{EncodedPrompt, EngineHandle, Grammar, GenerationRequest};
+use ember_engine::{EmbeddingRequest, EncodedPrompt, EngineHandle, Grammar, GenerationRequest};
 use serde_json::{Map, Value};
 
 use crate::backend::{Backend, BackendRequest, BoxFuture, Endpoint, EventStream, ModelCard};
 use crate::error::ApiError;
-use crate::openai::{ChatCompletionRequest, CompletionRequest, PromptField, SamplingFields, VLLM_EXTENSIONS};
+use crate::openai::{ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, PromptField, SamplingFields, VLLM_EXTENSIONS};
 use crate::params::{LengthFields, encode_prompts, generation_request, off_workers, reject_present, submit};
 use crate::backend::local::response_format::content_schema;
 use crate::backend::local::tools::{Tags, Tools};
@@ -25,6 +25,8 @@ use events::Reporting;
 
 /// Most prompts in one completions request.
 const MAX_PROMPTS: usize = 64;
+/// Most inputs in one embeddings request (OpenAI's limit).
+const MAX_INPUTS: usize = 2048;
 
 pub struct LocalBackend {
     name: String,
@@ -66,8 +68,20 @@ impl LocalBackend {
         self.max_messages
     }
 
+    /// The engine, unless its model only embeds.
+    fn generator(&self) -> Result<EngineHandle, ApiError> {
+        let engine = self.engine()?;
+        if engine.model().pooling.is_some() {
+            return Err(ApiError::invalid(
+                "model",
+                format!("`{}` is an embedding model: it answers /v1/embeddings only", self.served),
+            ));
+        }
+        Ok(engine.clone())
+    }
+
     async fn chat(&self, req: ChatCompletionRequest, sampling: SamplingFields, body: &Map<String, Value>) -> Result<EventStream, ApiError> {
-        let engine = self.engine()?.clone();
+        let engine = self.generator()?;
         reject_present(&[
             ("functions", req.functions.is_some(), "deprecated by OpenAI; use `tools`"),
             ("function_call", req.function_call.is_some(), "deprecated by OpenAI; use `tool_choice`"),
@@ -138,7 +152,7 @@ impl LocalBackend {
     }
 
     async fn completions(&self, req: CompletionRequest, sampling: SamplingFields, body: &Map<String, Value>) -> Result<EventStream, ApiError> {
-        let engine = self.engine()?.clone();
+        let engine = self.generator()?;
         reject_present(&[
             ("echo", req.echo == Some(true), "the prompt is not echoed back"),
             ("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_null()), "fill-in-the-middle is not implemented"),
@@ -146,7 +160,7 @@ impl LocalBackend {
             ("logit_bias", req.logit_bias.is_some(), "logit biases are not implemented"),
         ])?;
         reject_extensions(body)?;
-        let prompts = encoded_prompts(req.prompt, &engine).await?;
+        let prompts = encoded_prompts(req.prompt, &engine, "prompt", MAX_PROMPTS).await?;
         let logprobs = req.logprobs.is_some();
         // OpenAI's default for completions.
         let max_tokens = req.max_tokens.unwrap_or(16);
@@ -177,6 +191,38 @@ impl LocalBackend {
         };
         Ok(events::events(streams, n, reporting))
     }
+
+    /// Each input runs as a prefill-only sequence beside other requests;
+    /// its pooled, normalized vector comes back as an `Embedding` event.
+    async fn embeddings(&self, req: EmbeddingsRequest) -> Result<EventStream, ApiError> {
+        let engine = self.engine()?.clone();
+        let Some(pooling) = engine.model().pooling else {
+            return Err(ApiError::invalid(
+                "model",
+                format!(
+                    "`{}` is a generative model; /v1/embeddings needs an embedding model \
+                     (sentence-transformers files, or `ember serve --task embed`)",
+                    self.served
+                ),
+            ));
+        };
+        let prompts = encoded_prompts(req.input, &engine, "input", MAX_INPUTS).await?;
+        let mut streams = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let request = EmbeddingRequest { prompt: prompt.ids, pooling };
+            let stream = engine.embed(request).map_err(|e| ApiError {
+                param: Some("input".into()),
+                ..ApiError::from(e)
+            })?;
+            streams.push(stream);
+        }
+        let reporting = Reporting {
+            tokenizer: None,
+            parse_calls: false,
+            logprobs: false,
+        };
+        Ok(events::events(streams, 1, reporting))
+    }
 }
 
 impl Backend for LocalBackend {
@@ -190,6 +236,7 @@ impl Backend for LocalBackend {
             match endpoint {
                 Endpoint::Chat(req) => self.chat(*req, sampling, &body).await,
                 Endpoint::Completions(req) => self.completions(*req, sampling, &body).await,
+                Endpoint::Embeddings(req) => self.embeddings(*req).await,
             }
         })
     }
@@ -219,28 +266,29 @@ fn reject_extensions(body: &Map<String, Value>) -> Result<(), ApiError> {
     }
 }
 
-/// Every prompt as token ids, texts with their `[IMPORTANT]` spans.
-async fn encoded_prompts(prompt: PromptField, engine: &EngineHandle) -> Result<Vec<EncodedPrompt>, ApiError> {
+/// Every prompt as token ids, texts with their `[IMPORTANT]` spans; at
+/// most `max` of them, `field` naming them in errors.
+async fn encoded_prompts(prompt: PromptField, engine: &EngineHandle, field: &str, max: usize) -> Result<Vec<EncodedPrompt>, ApiError> {
     let ids = |ids: Vec<u32>| EncodedPrompt {
         ids,
         global_spans: Vec::new(),
     };
     let prompts = match prompt {
         PromptField::Tokens(tokens) => vec![ids(tokens)],
-        PromptField::TokenLists(lists) => lists.into_iter().map(ids).collect(),
-        PromptField::Text(text) => encode_texts(vec![text], engine).await?,
-        PromptField::Texts(texts) if texts.len() <= MAX_PROMPTS => encode_texts(texts, engine).await?,
-        PromptField::Texts(_) => Vec::new(),
+        PromptField::TokenLists(lists) if lists.len() <= max => lists.into_iter().map(ids).collect(),
+        PromptField::Text(text) => encode_texts(vec![text], engine, field).await?,
+        PromptField::Texts(texts) if texts.len() <= max => encode_texts(texts, engine, field).await?,
+        PromptField::TokenLists(_) | PromptField::Texts(_) => Vec::new(),
     };
-    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
-        return Err(ApiError::invalid("prompt", format!("give between 1 and {MAX_PROMPTS} prompts")));
+    if prompts.is_empty() || prompts.len() > max {
+        return Err(ApiError::invalid(field, format!("give between 1 and {max} {field}s")));
     }
     Ok(prompts)
 }
 
-async fn encode_texts(texts: Vec<String>, engine: &EngineHandle) -> Result<Vec<EncodedPrompt>, ApiError> {
+async fn encode_texts(texts: Vec<String>, engine: &EngineHandle, field: &str) -> Result<Vec<EncodedPrompt>, ApiError> {
     if engine.model().tokenizer.is_none() {
-        return Err(ApiError::invalid("prompt", "this model has no tokenizer: send token ids"));
+        return Err(ApiError::invalid(field, "this model has no tokenizer: send token ids"));
     }
     encode_prompts(engine.clone(), texts, true).await
 }

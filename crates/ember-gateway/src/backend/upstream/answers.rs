@@ -90,6 +90,19 @@ pub(super) fn response_events(answer: &Value, chat: bool) -> Vec<Event> {
     out
 }
 
+/// An embeddings answer (`encoding_format: "float"`, which Ember asks
+/// for) as events.
+pub(super) fn embedding_events(answer: &Value) -> Vec<Event> {
+    let mut out = Vec::new();
+    for (position, item) in answer["data"].as_array().into_iter().flatten().enumerate() {
+        let vector = item["embedding"].as_array().into_iter().flatten().filter_map(Value::as_f64).map(|x| x as f32).collect();
+        let index = item["index"].as_u64().map_or(position, |i| i as usize);
+        out.push(Event::Embedding { index, vector });
+    }
+    out.extend(usage(&answer["usage"]).map(Event::Usage));
+    out
+}
+
 /// A choice's text and its logprobs, when there is either.
 fn text_event(index: usize, text: Option<&str>, logprobs: Vec<TokenLogprobJson>) -> Option<Event> {
     let text = text.unwrap_or_default();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::backend::sse::SseDecoder;
 use crate::backend::{Backend, BackendRequest, BoxFuture, Endpoint, Event, EventStream, ModelCard, Usage};
 use crate::error::ApiError;
-use answers::{chunk_events, gateway_error, response_events, upstream_error};
+use answers::{chunk_events, embedding_events, gateway_error, response_events, upstream_error};
 
 mod answers;
 
@@ -183,6 +183,7 @@ impl Backend for OpenAiUpstream {
         Box::pin(async move {
             let stream = request.stream();
             let chat = matches!(request.endpoint, Endpoint::Chat(_));
+            let embeddings = matches!(request.endpoint, Endpoint::Embeddings(_));
             let mut body = request.body;
             body.insert("model".into(), Value::String(model.to_owned()));
             if stream {
@@ -191,7 +192,11 @@ impl Backend for OpenAiUpstream {
                     options.insert("include_usage".into(), Value::Bool(true));
                 }
             }
-            let path = if chat { "chat/completions" } else { "completions" };
+            let path = match (chat, embeddings) {
+                (true, _) => "chat/completions",
+                (_, true) => "embeddings",
+                _ => "completions",
+            };
             let response = self.send(self.client.post(self.url(path)).json(&body)).await?;
             if stream {
                 return Ok(sse_events(self.config.name.clone(), response, chat));
@@ -200,7 +205,7 @@ impl Backend for OpenAiUpstream {
             let answer: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 gateway_error(StatusCode::BAD_GATEWAY, format!("upstream `{}` sent a body that is not JSON: {e}", self.config.name))
             })?;
-            let mut events = response_events(&answer, chat);
+            let mut events = if embeddings { embedding_events(&answer) } else { response_events(&answer, chat) };
             if !events.iter().any(|e| matches!(e, Event::Usage(_))) {
                 events.push(Event::Usage(Usage::default()));
             }

@@ -12,7 +12,12 @@ deep nesting, invalid UTF-8 bytes, bodies over the 4 MiB limit (with a
 Content-Length and chunked), odd roles and content parts, broken tools and
 JSON schemas, huge max_tokens, n = 0/1000, ... at
 
-    POST /v1/chat/completions, /v1/completions, /generate, /tokenize, /detokenize
+    POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
+         /v1/messages, /v1/messages/count_tokens, /generate, /tokenize, /detokenize
+
+(Anthropic's routes answer errors in Anthropic's shape, which has the same
+error.message and error.type; their streams and the Responses API's end
+with their own last event instead of [DONE].)
 
 The bodies come from a seeded generator (--seed), so a run is repeatable.
 Bodies that may succeed keep max_tokens at 8 or less (the server also runs
@@ -45,7 +50,9 @@ import reliability_common as rc
 from reliability_common import MODEL, ProtocolError
 
 BODY_LIMIT = 4 << 20  # crates/ember-gateway/src/config.rs: max_body_bytes
-ROUTES = ["/v1/chat/completions", "/v1/completions", "/generate", "/tokenize", "/detokenize"]
+EMBED_FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "qwen3-embed-tiny"
+ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+          "/v1/messages/count_tokens", "/generate", "/tokenize", "/detokenize"]
 
 
 # --------------------------------------------------------------------------
@@ -102,6 +109,10 @@ SAMPLING = FLOAT_FIELDS + ["top_k", "n", "stop", "seed", "stream", "stream_optio
 BASES = {
     "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
     "/v1/completions": {"model": MODEL, "prompt": "Hello", "max_tokens": 4},
+    "/v1/embeddings": {"model": MODEL, "input": "Hello"},
+    "/v1/responses": {"model": MODEL, "input": "Hi", "max_output_tokens": 4},
+    "/v1/messages": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    "/v1/messages/count_tokens": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
     "/generate": {"prompt": "Hello", "max_tokens": 4},
     "/tokenize": {"prompt": "Hello"},
     "/detokenize": {"tokens": [1, 2, 3]},
@@ -111,6 +122,13 @@ FIELDS = {
     "/v1/chat/completions": ["model", "messages", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
                              "tools", "tool_choice", "parallel_tool_calls", "response_format", *SAMPLING],
     "/v1/completions": ["model", "prompt", "max_tokens", "logprobs", "echo", "suffix", "best_of", *SAMPLING],
+    "/v1/embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+    "/v1/responses": ["model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
+                      "max_output_tokens", "temperature", "top_p", "metadata", "store", "stream", "previous_response_id",
+                      "user", "include", "reasoning", "background", "truncation"],
+    "/v1/messages": ["model", "max_tokens", "messages", "system", "tools", "tool_choice", "temperature", "top_p", "top_k",
+                     "stop_sequences", "stream", "metadata", "thinking", "output_config"],
+    "/v1/messages/count_tokens": ["model", "messages", "system", "tools", "tool_choice"],
     "/generate": ["prompt", "max_tokens", *SAMPLING],
     "/tokenize": ["model", "prompt", "messages", "tools", "add_special_tokens", "add_generation_prompt"],
     "/detokenize": ["model", "tokens"],
@@ -383,8 +401,62 @@ def detokenize_cases() -> list[Case]:
     return out
 
 
-SPECIFIC = {"/v1/chat/completions": chat_cases, "/v1/completions": completions_cases, "/generate": generate_cases,
-            "/tokenize": tokenize_cases, "/detokenize": detokenize_cases}
+def embeddings_cases():
+    r = "/v1/embeddings"
+    inputs = [("empty string", ""), ("empty list", []), ("2049 inputs", ["x"] * 2049), ("id 2^32", [2**32]),
+              ("token lists", [[1, 2], [3]]), ("empty token list", [[]]), ("mixed", ["a", [1]]), ("long (context)", "word " * 20000)]
+    out = [case(r, f"input: {label}", with_fields(r, input=v), must=True) for label, v in inputs]
+    out += [case(r, f"dimensions {d}", with_fields(r, dimensions=d), must=True) for d in (0, -1, 1, 10**9)]
+    out += [case(r, f"encoding_format {f}", with_fields(r, encoding_format=f), must=True) for f in ("base64", "binary", 5)]
+    return out
+
+
+def responses_cases():
+    r = "/v1/responses"
+    items = [("function_call without call_id", [{"type": "function_call", "name": "f", "arguments": "{}"}]),
+             ("function_call_output alone", [{"type": "function_call_output", "call_id": "c", "output": "x"}]),
+             ("input_image", [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]),
+             ("item_reference", [{"type": "item_reference", "id": "x"}]), ("role tool", [{"role": "tool", "content": "x"}]),
+             ("content 5", [{"role": "user", "content": 5}]), ("empty list", []), ("reasoning only", [{"type": "reasoning"}])]
+    out = [case(r, f"input: {label}", with_fields(r, input=v), must=True) for label, v in items]
+    out += [case(r, f"tools: {label}", with_fields(r, tools=v), must=True) for label, v in [
+        ("web_search", [{"type": "web_search"}]), ("nested chat tool", [{"type": "function", "function": FN}]),
+        ("valid", [{"type": "function", **FN}]), ("no name", [{"type": "function", "parameters": {}}])]]
+    out += [case(r, f"text: {label}", with_fields(r, text=v), must=True) for label, v in [
+        ("json_schema no schema", {"format": {"type": "json_schema", "name": "x"}}), ("format yaml", {"format": {"type": "yaml"}}),
+        ("verbosity high", {"verbosity": "high"}), ("json_object", {"format": {"type": "json_object"}})]]
+    out += [case(r, "previous_response_id unknown", with_fields(r, previous_response_id="resp_nope"), must=True),
+            case(r, "metadata 17 pairs", with_fields(r, metadata={f"k{i}": "v" for i in range(17)}), must=True),
+            case(r, "stream", with_fields(r, stream=True), must=True)]
+    return out
+
+
+def messages_cases(route="/v1/messages"):
+    r = route
+    blocks = [("tool_result without id", [{"type": "tool_result", "content": "x"}]),
+              ("image", [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]),
+              ("tool_use from the user", [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]),
+              ("block without type", [{"text": "hi"}]), ("text 5", [{"type": "text", "text": 5}])]
+    out = [case(r, f"content: {label}", with_fields(r, messages=[{"role": "user", "content": v}]), must=True) for label, v in blocks]
+    out += [case(r, f"messages: {label}", with_fields(r, messages=v), must=True) for label, v in [
+        ("role system", [{"role": "system", "content": "x"}]), ("empty", []),
+        ("assistant tool_use without input", [{"role": "user", "content": "x"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f"}]}])]]
+    out += [case(r, f"tool_choice {short(v)}", with_fields(r, tool_choice=v), must=True) for v in (
+        {"type": "tool"}, {"type": "bogus"}, {"type": "any", "disable_parallel_tool_use": "yes"}, "auto")]
+    out += [case(r, f"tools: {label}", with_fields(r, tools=v), must=True) for label, v in [
+        ("server tool", [{"type": "web_search_20250305", "name": "web_search"}]), ("no input_schema", [{"name": "f"}]),
+        ("valid", [{"name": "f", "input_schema": {"type": "object"}}])]]
+    if r == "/v1/messages":
+        out += [case(r, "stream", with_fields(r, stream=True), must=True),
+                case(r, "thinking enabled", with_fields(r, thinking={"type": "enabled", "budget_tokens": 1024}), must=True),
+                case(r, "output_config format", with_fields(r, output_config={"format": {"type": "json_schema", "schema": {"type": "object"}}}), must=True)]
+    return out
+
+
+SPECIFIC = {"/v1/chat/completions": chat_cases, "/v1/completions": completions_cases, "/v1/embeddings": embeddings_cases,
+            "/v1/responses": responses_cases, "/v1/messages": messages_cases,
+            "/v1/messages/count_tokens": lambda: messages_cases("/v1/messages/count_tokens"),
+            "/generate": generate_cases, "/tokenize": tokenize_cases, "/detokenize": detokenize_cases}
 
 
 def short(v) -> str:
@@ -506,12 +578,28 @@ def judge(c: Case, resp: rc.Response) -> str | None:
     if resp.status != 200:
         return f"status {resp.status}"
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
-        return rc.stream_problem(resp)
+        return named_stream_problem(c.route, resp) if c.route in LAST_EVENTS else rc.stream_problem(resp)
     try:
         obj = resp.json()
     except ValueError:
         return f"200 with a body that is not JSON: {resp.body[:200]!r}"
     return shape_problem(c.route, obj)
+
+
+# The events that end a complete stream of the routes without `[DONE]`.
+LAST_EVENTS = {"/v1/responses": ("response.completed", "response.incomplete"), "/v1/messages": ("message_stop",)}
+
+
+def named_stream_problem(route, resp) -> str | None:
+    """Why a Responses or Messages stream is not complete and error-free, or None."""
+    try:
+        events = [json.loads(e) for e in resp.events]
+    except ValueError:
+        return "an event that is not JSON"
+    if not events or events[-1].get("type") not in LAST_EVENTS[route]:
+        return f"the stream does not end with {LAST_EVENTS[route]} (last: {json.dumps(events[-1:])[:200]})"
+    failed = [e for e in events if e.get("type") in ("error", "response.failed")]
+    return f"an error event in a 200 stream: {json.dumps(failed[0])[:300]}" if failed else None
 
 
 def shape_problem(route, obj) -> str | None:
@@ -520,6 +608,13 @@ def shape_problem(route, obj) -> str | None:
             "message" in ch and ch.get("finish_reason") for ch in o.get("choices", [])) and o.get("choices"),
         "/v1/completions": lambda o: o.get("object") == "text_completion" and all(
             isinstance(ch.get("text"), str) and ch.get("finish_reason") for ch in o.get("choices", [])) and o.get("choices"),
+        "/v1/embeddings": lambda o: o.get("object") == "list" and o.get("data") and all(
+            d.get("object") == "embedding" for d in o["data"]),
+        "/v1/responses": lambda o: o.get("object") == "response" and o.get("status") in ("completed", "incomplete")
+            and isinstance(o.get("output"), list),
+        "/v1/messages": lambda o: o.get("type") == "message" and isinstance(o.get("content"), list)
+            and o.get("stop_reason") in ("end_turn", "max_tokens", "tool_use"),
+        "/v1/messages/count_tokens": lambda o: isinstance(o.get("input_tokens"), int),
         "/generate": lambda o: isinstance(o.get("text"), str) and o.get("finish_reason") in ("stop", "length"),
         "/tokenize": lambda o: isinstance(o.get("tokens"), list) and o.get("count") == len(o["tokens"]),
         "/detokenize": lambda o: isinstance(o.get("prompt"), str),
@@ -527,15 +622,16 @@ def shape_problem(route, obj) -> str | None:
     return None if isinstance(obj, dict) and expect(obj) else f"200 without the route's answer shape: {json.dumps(obj)[:300]}"
 
 
-async def run_all(server: rc.Server, cases, concurrency, timeout) -> list[Result]:
-    """Sends every case, `concurrency` at a time; stops sending if the server dies."""
+async def run_all(servers: dict, cases, concurrency, timeout) -> list[Result]:
+    """Sends every case to its route's server (`servers[route]`, else
+    `servers[None]`), `concurrency` at a time; stops sending if a server dies."""
     queue = list(enumerate(cases))
     results = [Result(c, problem="not sent: the server had died") for c in cases]
 
     async def worker():
-        while queue and server.alive():
+        while queue and all(s.alive() for s in servers.values()):
             i, c = queue.pop(0)
-            results[i] = await send_case(server.port, c, timeout)
+            results[i] = await send_case(servers.get(c.route, servers[None]).port, c, timeout)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
@@ -627,10 +723,21 @@ def main():
     outdir = Path(tempfile.mkdtemp(prefix="ember-malformed-"))
     started = time.monotonic()
 
+    # /v1/embeddings goes to the tiny Qwen3-Embedding fixture, served under
+    # the same name; the default model would refuse every body as generative.
+    embedder = rc.Server(args.ember, extra_args=["--model", str(EMBED_FIXTURE), "--served-model-name", MODEL,
+                                                 "--kv-cache-memory", "64MiB", "--max-num-seqs", "16"], name="malformed-embed")
+
     def body():
         print(f"server: {server.startup_report()}")
+        embedder.start().wait_ready()
         print(f"{len(cases)} bodies ({args.count or 'all'} per route, seed {args.seed}), {args.concurrency} at a time")
-        results = asyncio.run(run_all(server, cases, args.concurrency, args.timeout))
+        try:
+            results = asyncio.run(run_all({None: server, "/v1/embeddings": embedder}, cases, args.concurrency, args.timeout))
+            ledger.check(embedder.alive() and not embedder.panics(), "the embedding server is still running, with no panic",
+                         f"exit {embedder.proc.returncode}: {embedder.log_tail()}" if not embedder.alive() else " | ".join(embedder.panics()[:3]))
+        finally:
+            embedder.stop_checked(ledger)
         report(results, outdir, args.verbose)
         for route in ROUTES:
             mine = [r for r in results if r.case.route == route]

@@ -169,11 +169,7 @@ pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error 
         JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid request body: {e}")),
         other => ApiError::bad_request(format!("invalid request body: {other}")),
     };
-    let response = if crate::middleware::is_anthropic(req.path()) {
-        crate::messages::error::AnthropicError(api).error_response()
-    } else {
-        api.error_response()
-    };
+    let response = crate::messages::error::error_response_for(req.path(), api);
     actix_web::error::InternalError::from_response(err, response).into()
 }
 

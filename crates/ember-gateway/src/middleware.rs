@@ -5,7 +5,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{ResponseError, web};
+use actix_web::web;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
@@ -16,11 +16,6 @@ use crate::state::AppState;
 const OPEN: [&str; 1] = ["/health"];
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Whether `path` is Anthropic's API, whose errors have Anthropic's shape.
-pub fn is_anthropic(path: &str) -> bool {
-    path == "/v1/messages" || path.starts_with("/v1/messages/")
-}
 
 /// With keys configured, every route but `/health` needs `Authorization:
 /// Bearer <key>` (or `x-api-key: <key>`). Keys are compared in constant time, all of them, so the
@@ -49,11 +44,7 @@ pub async fn authenticate(
     if bool::from(ok) && !presented.is_empty() {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     }
-    let response = if is_anthropic(req.path()) {
-        crate::messages::error::AnthropicError(ApiError::unauthorized()).error_response()
-    } else {
-        ApiError::unauthorized().error_response()
-    };
+    let response = crate::messages::error::error_response_for(req.path(), ApiError::unauthorized());
     Ok(req.into_response(response))
 }
 

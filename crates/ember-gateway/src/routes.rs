@@ -218,10 +218,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-/// Unknown routes answer in OpenAI's error shape too.
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError {
+/// Unknown routes answer in OpenAI's error shape too (Anthropic's under
+/// `/v1/messages/`).
+pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    let error = ApiError {
         status: actix_web::http::StatusCode::NOT_FOUND,
         ..ApiError::bad_request("no such route")
-    })
+    };
+    crate::messages::error::error_response_for(req.path(), error)
 }

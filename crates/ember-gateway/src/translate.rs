@@ -71,10 +71,13 @@ pub fn text_of(content: &Value, text_kinds: &[&str], field: &str) -> Result<Stri
                 let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
                 match part.get("text").and_then(Value::as_str) {
                     Some(t) if text_kinds.contains(&kind) => text.push_str(t),
+                    None if text_kinds.contains(&kind) => {
+                        return Err(ApiError::invalid(format!("{field}[{i}].text"), "a text part needs `text` as a string"));
+                    }
                     _ => {
-                        return Err(ApiError::invalid(
-                            format!("{field}[{i}]"),
-                            format!("content parts of type `{kind}` are not supported: the model reads text only"),
+                        return Err(ApiError::unsupported(
+                            &format!("{field}[{i}].type"),
+                            &format!("`{kind}` parts are not supported; the model reads text"),
                         ));
                     }
                 }

@@ -40,6 +40,21 @@ impl ResponseError for AnthropicError {
     }
 }
 
+/// Whether `path` is Anthropic's API, whose errors have Anthropic's shape.
+fn is_anthropic(path: &str) -> bool {
+    path == "/v1/messages" || path.starts_with("/v1/messages/")
+}
+
+/// `error` as the API at `path` shapes it: for the errors raised before a
+/// handler runs (auth, malformed JSON, unknown routes).
+pub fn error_response_for(path: &str, error: ApiError) -> HttpResponse {
+    if is_anthropic(path) {
+        AnthropicError(error).error_response()
+    } else {
+        error.error_response()
+    }
+}
+
 /// Anthropic's error type for a status (docs: "HTTP errors").
 fn error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {

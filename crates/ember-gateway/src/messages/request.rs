@@ -13,8 +13,8 @@ use crate::openai::KnownFields;
 use crate::params::deserialize;
 use crate::translate::text_of;
 
-/// `POST /v1/messages`; `count_tokens` takes the same body less the
-/// sampling fields.
+/// `POST /v1/messages`; `count_tokens` takes the same body, `max_tokens`
+/// optional.
 #[derive(Debug, Deserialize)]
 pub struct MessagesRequest {
     pub model: String,
@@ -150,7 +150,8 @@ pub fn chat_body(req: &MessagesRequest) -> Result<Map<String, Value>, ApiError> 
     if let Some(max_tokens) = req.max_tokens {
         body.insert("max_completion_tokens".into(), json!(max_tokens));
     }
-    if let Some(tools) = &req.tools {
+    // Anthropic takes `tools: []` as no tools; the chat API refuses it.
+    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
         body.insert("tools".into(), function_tools(tools)?);
     }
     if let Some(format) = req.output_config.as_ref().and_then(|c| c.format.as_ref()).filter(|f| !f.is_null()) {

@@ -97,7 +97,8 @@ pub fn parse(body: &Map<String, Value>) -> Result<ResponsesRequest, ApiError> {
         return refuse("truncation", "an input over the context window is an error (`disabled`)");
     }
     if let Some(reasoning) = &req.reasoning
-        && reasoning.as_object().is_some_and(|r| r.values().any(|v| !v.is_null()))
+        && !reasoning.is_null()
+        && reasoning.as_object().is_none_or(|r| r.values().any(|v| !v.is_null()))
     {
         return refuse("reasoning", "the model has no reasoning-effort control");
     }
@@ -244,12 +245,15 @@ fn function_tools(tools: &[Value]) -> Result<Value, ApiError> {
         if kind != "function" {
             return Err(ApiError::unsupported(&format!("tools[{i}].type"), &format!("`{kind}` is a built-in tool; Ember runs function tools only")));
         }
-        let mut function = Map::new();
-        for key in ["name", "description", "parameters", "strict"] {
-            if let Some(value) = tool.get(key).filter(|v| !v.is_null()) {
-                function.insert(key.into(), value.clone());
-            }
-        }
+        // Every other key goes into the chat tool's function, whose checks
+        // refuse the unknown ones by name.
+        let function: Map<String, Value> = tool
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, value)| key.as_str() != "type" && !value.is_null())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         out.push(json!({"type": "function", "function": function}));
     }
     Ok(Value::Array(out))
@@ -342,7 +346,8 @@ mod tests {
         assert_eq!(refused(json!({"model": "m", "input": "x", "bogus": 1})).as_deref(), Some("bogus"));
         assert_eq!(refused(json!({"model": "m", "input": [{"type": "input_image"}]})).as_deref(), Some("input[0].type"));
         let image = json!([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]);
-        assert_eq!(refused(json!({"model": "m", "input": image})).as_deref(), Some("input[0].content[0]"));
+        assert_eq!(refused(json!({"model": "m", "input": image})).as_deref(), Some("input[0].content[0].type"));
+        assert_eq!(refused(json!({"model": "m", "input": "x", "reasoning": "high"})).as_deref(), Some("reasoning"));
         assert_eq!(refused(json!({"model": "m"})).as_deref(), Some("input"));
     }
 }

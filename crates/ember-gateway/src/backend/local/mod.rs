@@ -124,6 +124,9 @@ impl LocalBackend {
             (None, None) => None,
         };
         let logprobs = req.logprobs.unwrap_or(false);
+        // `ignore_eos` goes past the end of the turn too, as in vLLM: the
+        // chat's end-of-turn ids are its end of sequence.
+        let stop_ids = if sampling.ignore_eos == Some(true) { Vec::new() } else { model.chat_stop_ids() };
         let request = generation_request(
             prompt,
             &sampling,
@@ -131,7 +134,7 @@ impl LocalBackend {
             max_tokens,
             logprobs,
             req.top_logprobs.map(|k| ("top_logprobs", k)),
-            model.chat_stop_ids(),
+            stop_ids,
         )?;
         let request = GenerationRequest {
             logits_processor: constraint,

@@ -6,30 +6,16 @@ through a routing Ember whose upstreams speak only chat completions
 (scripts/client-tests.sh)."""
 
 import os
-from typing import Literal
 
 import anthropic
 import jsonschema
 import pytest
-from pydantic import BaseModel
 
-API_KEY = os.environ["EMBER_API_KEY"]
+from clients_common import API_KEY, SERVERS, WEATHER, WEATHER_QUESTION, Forecast
+
 VIA_UPSTREAM = bool(os.environ.get("EMBER_VIA_UPSTREAM"))
-SERVERS = {
-    "smollm2": (os.environ["EMBER_BASE_URL"], os.environ["EMBER_MODEL"]),
-    "qwen3-tiny": (os.environ.get("EMBER_QWEN3_URL"), os.environ.get("EMBER_QWEN3_MODEL")),
-}
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo", "Tokyo"]},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 TOOLS = [{"name": "get_weather", "description": "Current weather in a city", "input_schema": WEATHER}]
-QUESTION = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
+QUESTION = [{"role": "user", "content": WEATHER_QUESTION}]
 
 
 @pytest.fixture(params=list(SERVERS), scope="module")
@@ -118,12 +104,6 @@ def test_a_streamed_tool_use_accumulates_its_input(server):
         final = stream.get_final_message()
     assert any(e.type == "content_block_delta" and e.delta.type == "input_json_delta" for e in events)
     assert final.stop_reason == "tool_use" and len(tool_uses(final)) == 1
-
-
-class Forecast(BaseModel):
-    city: Literal["Paris", "Rome", "Oslo"]
-    sunny: bool
-    temperature: int
 
 
 def test_output_format_follows_a_pydantic_model(server):

@@ -8,32 +8,18 @@ speak only chat completions (scripts/client-tests.sh)."""
 
 import asyncio
 import json
-import os
 from typing import Literal
 
 import jsonschema
 import openai
 import pytest
 from agents import Agent, ModelBehaviorError, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
-from pydantic import BaseModel
 
-API_KEY = os.environ["EMBER_API_KEY"]
-SERVERS = {
-    "smollm2": (os.environ["EMBER_BASE_URL"], os.environ["EMBER_MODEL"]),
-    "qwen3-tiny": (os.environ.get("EMBER_QWEN3_URL"), os.environ.get("EMBER_QWEN3_MODEL")),
-}
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo", "Tokyo"]},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
+from clients_common import API_KEY, SERVERS, WEATHER, WEATHER_QUESTION, Forecast
+
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Current weather in a city",
           "parameters": WEATHER, "strict": True}]
-QUESTION = "What is the weather in Paris, in celsius?"
+QUESTION = WEATHER_QUESTION
 
 # The Agents SDK would send its traces to OpenAI's platform.
 set_tracing_disabled(True)
@@ -156,12 +142,6 @@ def test_streamed_function_call_arguments(server):
     assert done and deltas == "".join(e.arguments for e in done)
     for item in final.output:
         check_call(item)
-
-
-class Forecast(BaseModel):
-    city: Literal["Paris", "Rome", "Oslo"]
-    sunny: bool
-    temperature: int
 
 
 def test_parse_with_a_pydantic_model(server):

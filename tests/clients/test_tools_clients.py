@@ -9,7 +9,6 @@ template (tests/clients/qwen3_tool_fixture.py). Arguments are checked with
 the `jsonschema` validator."""
 
 import json
-import os
 from typing import Literal
 
 import jsonschema
@@ -18,29 +17,15 @@ import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel
 
-API_KEY = os.environ["EMBER_API_KEY"]
-SERVERS = {
-    "smollm2": (os.environ["EMBER_BASE_URL"], os.environ["EMBER_MODEL"]),
-    "qwen3-tiny": (os.environ.get("EMBER_QWEN3_URL"), os.environ.get("EMBER_QWEN3_MODEL")),
-}
+from clients_common import API_KEY, SERVERS, WEATHER, WEATHER_QUESTION, Forecast
 
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo", "Tokyo"]},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
                                       "parameters": WEATHER}},
     {"type": "function", "function": {"name": "get_time", "description": "The current time"}},
 ]
-QUESTION = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
+QUESTION = [{"role": "user", "content": WEATHER_QUESTION}]
 
 
 @pytest.fixture(params=list(SERVERS), scope="module")
@@ -156,12 +141,6 @@ def test_streamed_tool_call_deltas_accumulate(server):
     ]
     for c in calls.values():
         json.loads(c["arguments"])
-
-
-class Forecast(BaseModel):
-    city: Literal["Paris", "Rome", "Oslo"]
-    sunny: bool
-    temperature: int
 
 
 def test_parse_with_a_pydantic_model(server):

@@ -4,15 +4,13 @@
 //! of its events. The handle is `Send + Sync + Clone`; the engine thread ends
 //! when every handle is dropped and the last request is done.
 
-use std::pin::Pin;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 
 use ember_model::sparse::SparseLayout;
 
@@ -21,10 +19,11 @@ use crate::generation_defaults::GenerationDefaults;
 use crate::important;
 use crate::loaded_model::{LoadedModel, ModelInfo};
 use crate::metrics::{EngineObserver, EngineStats, StatsSnapshot};
-use crate::output::{EngineEvent, OutputProcessor};
-use crate::request::{EmbeddingRequest, FinishReason, GenerationEvent, GenerationRequest, Usage};
-use crate::sampling::{Sampler, SamplingParams, TokenHistory, TokenLogprob};
+use crate::output::OutputProcessor;
+use crate::request::{EmbeddingRequest, GenerationRequest, Usage};
+use crate::sampling::{Sampler, SamplingParams, TokenHistory};
 use crate::scheduler::{CausalLmRunner, Group, Scheduler, SchedulerConfig, Sequence, SequenceStart, StopSignals};
+use crate::stream::GenerationStream;
 
 /// The most choices one request may ask for.
 pub const MAX_N: usize = 16;
@@ -448,11 +447,7 @@ impl EngineHandle {
             shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::EngineStopped);
         }
-        Ok(GenerationStream {
-            events: rx,
-            output,
-            prompt_tokens,
-        })
+        Ok(GenerationStream::new(rx, output, prompt_tokens))
     }
 
     /// Checks the request; returns its output limit per choice.
@@ -566,127 +561,6 @@ fn engine_loop(mut scheduler: Scheduler<CausalLmRunner>, requests: Receiver<Inco
             Err(panic) => {
                 scheduler.fail_all(&crate::scheduler::panic_message(&panic));
                 progressed = true;
-            }
-        }
-    }
-}
-
-/// The events of one request. Dropping it cancels the request: the engine
-/// notices at its next step and frees the request's blocks. Text is decoded
-/// and stop strings matched here, by whoever reads the stream.
-pub struct GenerationStream {
-    events: UnboundedReceiver<EngineEvent>,
-    output: OutputProcessor,
-    prompt_tokens: usize,
-}
-
-impl GenerationStream {
-    pub async fn next_event(&mut self) -> Option<GenerationEvent> {
-        std::future::poll_fn(|cx| self.poll_event(cx)).await
-    }
-
-    /// For threads outside any async runtime (the CLI, benchmarks).
-    pub fn blocking_next(&mut self) -> Option<GenerationEvent> {
-        loop {
-            if let Some(event) = self.output.pop() {
-                return Some(event);
-            }
-            let event = self.events.blocking_recv()?;
-            self.output.push(event);
-        }
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<GenerationEvent>> {
-        loop {
-            if let Some(event) = self.output.pop() {
-                return Poll::Ready(Some(event));
-            }
-            match self.events.poll_recv(cx) {
-                Poll::Ready(Some(event)) => self.output.push(event),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
-    }
-
-    /// Waits for the whole request (outside any async runtime).
-    pub fn collect_blocking(mut self) -> Completion {
-        let mut completion = Completion::default();
-        while let Some(event) = self.blocking_next() {
-            if completion.absorb(event) {
-                break;
-            }
-        }
-        completion
-    }
-}
-
-impl futures_core::Stream for GenerationStream {
-    type Item = GenerationEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_event(cx)
-    }
-}
-
-/// One choice, accumulated.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Choice {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-    pub logprobs: Vec<TokenLogprob>,
-    pub finish_reason: Option<FinishReason>,
-}
-
-/// A whole request's result.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Completion {
-    pub choices: Vec<Choice>,
-    /// `None` if the engine stopped before the request was done.
-    pub usage: Option<Usage>,
-    /// An embedding request's vector.
-    pub embedding: Option<Vec<f32>>,
-}
-
-impl Completion {
-    /// Adds one event; true after the final `Done`.
-    pub fn absorb(&mut self, event: GenerationEvent) -> bool {
-        let choice = |choices: &mut Vec<Choice>, index: usize| -> usize {
-            if choices.len() <= index {
-                choices.resize_with(index + 1, Choice::default);
-            }
-            index
-        };
-        match event {
-            GenerationEvent::Delta {
-                index,
-                text,
-                token_ids,
-                logprobs,
-            } => {
-                let i = choice(&mut self.choices, index);
-                let c = &mut self.choices[i];
-                c.text.push_str(&text);
-                c.token_ids.extend(token_ids);
-                c.logprobs.extend(logprobs);
-                false
-            }
-            GenerationEvent::Finished { index, reason } => {
-                let i = choice(&mut self.choices, index);
-                self.choices[i].finish_reason = Some(reason);
-                false
-            }
-            GenerationEvent::Embedding { vector, .. } => {
-                self.embedding = Some(vector);
-                false
-            }
-            GenerationEvent::Done { usage } => {
-                self.usage = Some(usage);
-                true
             }
         }
     }

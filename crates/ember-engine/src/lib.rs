@@ -19,11 +19,13 @@ pub mod request;
 pub mod sampling;
 mod scheduler;
 pub mod stop;
+pub mod stream;
 pub mod structured;
 pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, RenderOptions};
-pub use engine::{Choice, Completion, EngineConfig, EngineHandle, EngineInfo, GenerationStream, KvCacheMemory, KvRetention};
+pub use engine::{EngineConfig, EngineHandle, EngineInfo, KvCacheMemory, KvRetention};
+pub use stream::{Choice, Completion, GenerationStream};
 pub use error::{EngineError, Result};
 pub use generation_defaults::GenerationDefaults;
 pub use important::MarkerPolicy;

@@ -97,10 +97,10 @@ impl ModelRunner for CausalLmRunner {
 fn host_rows(matrix: Tensor<2>) -> Result<Vec<Vec<f32>>, String> {
     let [rows, cols] = matrix.dims();
     let flat = matrix.into_data().try_into_vec::<f32>().map_err(|e| format!("cannot read the model's output: {e:?}"))?;
-    if rows == 0 || flat.len() != rows * cols {
-        return Ok(Vec::new());
+    if flat.len() != rows * cols {
+        return Err(format!("the model's output has {} values, not {rows} x {cols}", flat.len()));
     }
-    Ok(flat.chunks_exact(cols).map(<[f32]>::to_vec).collect())
+    Ok(flat.chunks(cols.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

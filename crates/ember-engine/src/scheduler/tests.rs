@@ -84,21 +84,7 @@ fn scheduler(num_blocks: usize, block_size: usize, max_num_batched_tokens: usize
 
 /// Submits a greedy request of `n` choices; returns its event receiver.
 fn submit(s: &mut Scheduler<FakeRunner>, id: u64, prompt: Vec<u32>, max_tokens: usize, n: usize) -> UnboundedReceiver<EngineEvent> {
-    let (tx, rx) = unbounded_channel();
     let history = TokenHistory::new(&prompt);
-    let group = Group {
-        tx,
-        stops: Arc::new(StopSignals::new(n)),
-        unfinished: n,
-        usage: Usage {
-            prompt_tokens: prompt.len(),
-            ..Usage::default()
-        },
-        arrived: Instant::now(),
-        leader_prefilled: false,
-        counted_waiting: true,
-    };
-    s.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let sequences = (0..n)
         .map(|index| {
             Sequence::new(SequenceStart {
@@ -115,6 +101,26 @@ fn submit(s: &mut Scheduler<FakeRunner>, id: u64, prompt: Vec<u32>, max_tokens: 
             })
         })
         .collect();
+    queue(s, id, sequences)
+}
+
+/// Adds a request of `sequences` (its choices) as the engine would;
+/// returns its event receiver.
+fn queue(s: &mut Scheduler<FakeRunner>, id: u64, sequences: Vec<Sequence>) -> UnboundedReceiver<EngineEvent> {
+    let (tx, rx) = unbounded_channel();
+    let group = Group {
+        tx,
+        stops: Arc::new(StopSignals::new(sequences.len())),
+        unfinished: sequences.len(),
+        usage: Usage {
+            prompt_tokens: sequences.first().map_or(0, |q| q.prompt_len),
+            ..Usage::default()
+        },
+        arrived: Instant::now(),
+        leader_prefilled: false,
+        counted_waiting: true,
+    };
+    s.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     s.add(id, group, sequences);
     rx
 }
@@ -341,20 +347,6 @@ fn retiring_unseen_blocks_bounds_a_long_generation() {
 
 /// Submits an embedding request; returns its event receiver.
 fn submit_embedding(s: &mut Scheduler<FakeRunner>, id: u64, prompt: Vec<u32>, pooling: Pooling) -> UnboundedReceiver<EngineEvent> {
-    let (tx, rx) = unbounded_channel();
-    let group = Group {
-        tx,
-        stops: Arc::new(StopSignals::new(1)),
-        unfinished: 1,
-        usage: Usage {
-            prompt_tokens: prompt.len(),
-            ..Usage::default()
-        },
-        arrived: Instant::now(),
-        leader_prefilled: false,
-        counted_waiting: true,
-    };
-    s.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let seq = Sequence::new(SequenceStart {
         group: id,
         index: 0,
@@ -367,8 +359,7 @@ fn submit_embedding(s: &mut Scheduler<FakeRunner>, id: u64, prompt: Vec<u32>, po
         processor: None,
         pooling: Some(pooling),
     });
-    s.add(id, group, vec![seq]);
-    rx
+    queue(s, id, vec![seq])
 }
 
 fn embedding(rx: &mut UnboundedReceiver<EngineEvent>) -> Option<Vec<f32>> {

@@ -7,15 +7,17 @@
 #   3. real clients (the `openai` SDK, LangChain, the OpenAI Agents SDK, the
 #      `anthropic` SDK) and curl against running `ember serve`s, directly and
 #      through a routing Ember (scripts/client-tests.sh);
-#   4. the short reliability suite (docs/RELIABILITY.md): a soak with
+#   4. the chat page at `/` in Debian's Chromium, driven by Playwright
+#      (scripts/web-tests.sh);
+#   5. the short reliability suite (docs/RELIABILITY.md): a soak with
 #      hang-ups and preemption, malformed bodies on every route, drain on
 #      SIGTERM and restart after SIGKILL;
-#   5. a type-check of the `cuda` feature (its LLVM bundle cannot be
+#   6. a type-check of the `cuda` feature (its LLVM bundle cannot be
 #      downloaded here; DOCS_RS=1 makes the bundler skip the download).
 # Steps 1 and 2 share one build: the workspace is compiled once with the wgpu
 # features on (the tests still default to the flex device), so Burn is not
 # compiled twice with two feature sets.
-# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 5 locally.
+# EMBER_SKIP_WGPU=1 / EMBER_SKIP_CUDA_CHECK=1 skip steps 2 / 6 locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
@@ -42,6 +44,9 @@ fi
 
 step "client tests against ember serve"
 scripts/client-tests.sh "${CARGO_TARGET_DIR:-target}/release/ember"
+
+step "the chat page in Chromium"
+scripts/web-tests.sh "${CARGO_TARGET_DIR:-target}/release/ember"
 
 step "reliability, short runs"
 for script in "soak.py --quick" "malformed_http.py --quick" "drain.py"; do

@@ -20,6 +20,7 @@ mod routes;
 pub mod state;
 mod streams;
 mod translate;
+mod page;
 
 use actix_web::web;
 
@@ -52,6 +53,9 @@ pub fn configure(state: web::Data<AppState>) -> impl Fn(&mut web::ServiceConfig)
                 .route("/tokenize", web::post().to(routes::tokenize))
                 .route("/detokenize", web::post().to(routes::detokenize))
                 .route("/health", web::get().to(routes::health))
+                .route("/", web::get().to(page::index))
+                .route("/static/app.js", web::get().to(page::script))
+                .route("/static/app.css", web::get().to(page::style))
                 .route("/metrics", web::get().to(routes::metrics))
                 .default_service(web::to(routes::not_found)),
         );

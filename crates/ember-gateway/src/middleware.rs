@@ -12,8 +12,11 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Routes open without a key.
-const OPEN: [&str; 1] = ["/health"];
+/// Routes open without a key: health checks, and the chat page, which
+/// asks for the key itself.
+fn is_open(path: &str) -> bool {
+    path == "/health" || crate::page::PATHS.contains(&path)
+}
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -25,7 +28,7 @@ pub async fn authenticate(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let keys = req.app_data::<web::Data<AppState>>().map(|s| s.api_keys.clone()).unwrap_or_default();
-    if keys.is_empty() || OPEN.contains(&req.path()) {
+    if keys.is_empty() || is_open(req.path()) {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     }
     // Anthropic's SDKs send the key as `x-api-key`.

@@ -173,13 +173,21 @@ fn model_card(state: &AppState, route: &Route) -> Value {
         })
         .min();
     let owned_by = if route.targets.iter().all(|t| t.slot.backend.as_local().is_some()) { "ember" } else { "upstream" };
-    json!({
+    let mut card = json!({
         "id": route.name,
         "object": "model",
         "created": state.started,
         "owned_by": owned_by,
         "max_model_len": max_model_len,
-    })
+    });
+    // The chat page marks `[IMPORTANT]` spans when the model here reads them.
+    let sparse = route.targets.iter().any(|t| {
+        t.slot.backend.as_local().and_then(|l| l.engine().ok()).is_some_and(|e| e.model().markers.is_some())
+    });
+    if sparse {
+        card["sparse_attention"] = json!(true);
+    }
+    card
 }
 
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ember="${1:-${CARGO_TARGET_DIR:-target}/release/ember}"
+scripts/setup-system.sh  # Debian's chromium among the rest, once
 cache="${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}"
 venv="$cache/venv-web"
 reqs=tests/web/requirements.txt

@@ -271,3 +271,55 @@ def test_a_model_behind_an_upstream(browser):
     assert "Paris" in answers(page).first.inner_text()
     expect(page.get_by_role("status", name="Context tokens")).to_have_text(re.compile(r"^[1-9]\d* / \d+$"))
     context.close()
+
+
+def fake_stream(page, *deltas):
+    """Answers the page's next chat request with these deltas, in the server's SSE shape."""
+    chunks = [{"choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+
+
+def test_tool_calls_and_json_answers_are_shown_readably(page):
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    fake_stream(page, {"tool_calls": [call]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Paris",'}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"unit":"celsius"}'}}]})
+    ask(page, "Weather in Paris?")
+    wait_done(page)
+    answer = answers(page).first
+    expect(answer).to_contain_text("Tool call: get_weather")
+    expect(answer.locator("pre code")).to_have_text('{\n  "city": "Paris",\n  "unit": "celsius"\n}')
+    page.unroute("**/v1/chat/completions")
+    fake_stream(page, {"content": '{"sunny":'}, {"content": ' true, "temperature": 21}'})
+    ask(page, "As JSON?")
+    wait_done(page)
+    expect(answers(page).last.locator("pre code")).to_have_text('{\n  "sunny": true,\n  "temperature": 21\n}')
+
+
+def test_shift_enter_adds_a_line_and_a_dead_server_is_reported(page):
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    expect(page.get_by_role("article")).to_have_count(0)
+    page.route("**/v1/chat/completions", lambda route: route.abort("connectionrefused"))
+    box.press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("Cannot reach the server")
+    expect(page.get_by_role("article", name="user")).to_have_text(re.compile("first line"))
+
+
+def test_important_spans_are_marked_under_sparse_attention(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    # The models list of a server running sparse attention.
+    card = {"id": MODEL, "object": "model", "owned_by": "ember", "max_model_len": 8192, "sparse_attention": True}
+    page.route("**/v1/models", lambda route: route.fulfill(status=200, json={"object": "list", "data": [card]}))
+    page.goto(f"{BASE_URL}/")
+    expect(page.get_by_role("combobox", name="Model")).to_have_value(MODEL)
+    page.get_by_role("textbox", name="Message").fill("Read this. [IMPORTANT]The code is 4711.[/IMPORTANT] Now answer.")
+    expect(page.locator("#highlight mark")).to_have_text("[IMPORTANT]The code is 4711.[/IMPORTANT]")
+    context.close()

@@ -275,6 +275,15 @@ async fn api_keys_close_everything_but_health() -> anyhow::Result<()> {
     }
     assert_eq!(call(&app, test::TestRequest::get().uri("/health")).await.0, StatusCode::OK);
     assert_eq!(call(&app, test::TestRequest::get().uri("/metrics")).await.0, StatusCode::UNAUTHORIZED);
+    // The chat page loads without a key and asks for one; its policy keeps it on this server.
+    for path in ["/", "/static/app.js", "/static/app.css"] {
+        let page = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
+        assert_eq!(page.status(), StatusCode::OK, "{path}");
+        let policy = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"), "{path}: {policy}");
+    }
+    let api_key = test::TestRequest::get().uri("/v1/models").insert_header(("x-api-key", "k-two"));
+    assert_eq!(call(&app, api_key).await.0, StatusCode::OK);
     Ok(())
 }
 
@@ -501,6 +510,11 @@ async fn important_markers_are_global_spans_under_sparse_attention() -> anyhow::
     let (status, stripped) = call(&app, tokenize(&marked)).await;
     assert_eq!(status, StatusCode::OK, "{stripped}");
     assert_eq!(stripped["tokens"], dense_plain["tokens"], "sparse: the markers are removed");
+    // The models list says so, for the chat page to mark the spans; a dense model's card has no such field.
+    let (_, models) = call(&app, test::TestRequest::get().uri("/v1/models")).await;
+    assert_eq!(models["data"][0]["sparse_attention"], true, "{models}");
+    let (_, dense_models) = call(&dense_app, test::TestRequest::get().uri("/v1/models")).await;
+    assert!(dense_models["data"][0].get("sparse_attention").is_none(), "{dense_models}");
 
     // The same tokens with and without the span: past the window the span
     // is still seen, so the next-token distribution changes.

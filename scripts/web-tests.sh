@@ -9,21 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ember="${1:-${CARGO_TARGET_DIR:-target}/release/ember}"
 scripts/setup-system.sh  # Debian's chromium among the rest, once
-cache="${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}"
+source scripts/server-helpers.sh
 venv="$cache/venv-web"
-reqs=tests/web/requirements.txt
-if ! cmp -s "$reqs" "$venv/requirements.txt" 2>/dev/null; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
-  cp "$reqs" "$venv/requirements.txt"
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-logs=$(mktemp -d)
+ensure_venv "$venv" tests/web/requirements.txt
 key="web-key-$RANDOM"
 port=$(free_port)
 "$ember" serve --port "$port" --kv-cache-memory 256MiB >"$logs/serve.log" 2>&1 &
@@ -35,12 +23,7 @@ pids+=($!)
 port3=$(free_port)
 "$ember" serve --port "$port3" --upstream "http://127.0.0.1:$port/v1" >"$logs/front.log" 2>&1 &
 pids+=($!)
-for p in "$port" "$port2" "$port3"; do
-  for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/health")" = 200 ] && break
-    sleep 0.2
-  done
-done
+for p in "$port" "$port2" "$port3"; do wait_ready "$p"; done
 
 export EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_KEY_URL="http://127.0.0.1:$port2" EMBER_FRONT_URL="http://127.0.0.1:$port3"
 export EMBER_API_KEY="$key" EMBER_MODEL="SmolLM2-135M-Instruct.Q4_1"

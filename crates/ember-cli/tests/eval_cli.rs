@@ -1,10 +1,12 @@
 //! `ember eval --suite jsonl` against a stub OpenAI server on loopback that
 //! answers each question with a fixed text: the scores must come out as
-//! computed by hand.
+//! computed by hand, and a busy answer (503) is retried.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
@@ -20,9 +22,11 @@ fn answer(prompt: &str) -> &'static str {
 }
 
 /// Serves chat completions on `listener` until the test ends (keep-alive
-/// connections, one request after another).
+/// connections, one request after another); the first request gets a 503.
 fn serve(listener: TcpListener) {
+    let requests = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming().flatten() {
+        let requests = requests.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
             let mut writer = stream;
@@ -47,12 +51,17 @@ fn serve(listener: TcpListener) {
                 }
                 let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let prompt = request["messages"][0]["content"].as_str().unwrap_or_default();
-                let reply = json!({
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(prompt)}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
-                })
-                .to_string();
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
+                let (status, reply) = if requests.fetch_add(1, Ordering::Relaxed) == 0 {
+                    ("503 Service Unavailable\r\nRetry-After: 0", json!({"error": {"message": "busy", "type": "server_error"}}))
+                } else {
+                    let reply = json!({
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(prompt)}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
+                    });
+                    ("200 OK", reply)
+                };
+                let reply = reply.to_string();
+                let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
                 if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(reply.as_bytes())).is_err() {
                     return;
                 }
@@ -79,7 +88,9 @@ fn jsonl_scores_are_the_hand_computed_ones() -> anyhow::Result<()> {
         .args(["eval", "--base-url", &format!("http://127.0.0.1:{port}/v1"), "--model", "stub", "--suite", "jsonl"])
         .args(["--data", data.to_str().unwrap_or_default(), "--json", out_path.to_str().unwrap_or_default()])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("503") && stderr.contains("retrying"), "the busy answer is retried: {stderr}");
     let table = String::from_utf8(out.stdout)?;
     assert!(table.contains("| qa | 100 | f1 | 0.75 | 2 |"), "{table}");
     let rows: Vec<Value> = std::fs::read_to_string(&out_path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;

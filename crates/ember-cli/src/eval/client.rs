@@ -9,6 +9,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use ureq::Agent;
 
+/// Tries per request: the first and three retries.
+const ATTEMPTS: u32 = 4;
+
 pub struct Client {
     agent: Agent,
     /// Up to and including `/v1`.
@@ -41,22 +44,51 @@ impl Client {
         }
     }
 
+    /// POSTs `body`, retrying what a busy or restarting server answers
+    /// (connection errors, 408, 429, 5xx) with backoff: 1, 2, 4 s, or the
+    /// server's `Retry-After`. A 4xx is the request's fault and is not retried.
     fn post(&self, url: &str, body: &Value) -> Result<Value> {
-        let mut request = self.agent.post(url);
-        if let Some(key) = &self.api_key {
-            request = request.header("authorization", format!("Bearer {key}"));
-        }
-        let mut response = request.send_json(body).with_context(|| format!("POST {url}"))?;
-        let status = response.status();
-        let value: Value = response
-            .body_mut()
-            .read_json()
-            .with_context(|| format!("POST {url}: the answer is not JSON ({status})"))?;
-        if !status.is_success() {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let backoff = Duration::from_secs(1 << (attempt - 1).min(5));
+            let mut request = self.agent.post(url);
+            if let Some(key) = &self.api_key {
+                request = request.header("authorization", format!("Bearer {key}"));
+            }
+            let mut response = match request.send_json(body) {
+                Ok(response) => response,
+                Err(e) if attempt < ATTEMPTS => {
+                    eprintln!("POST {url}: {e}; retrying in {} s", backoff.as_secs());
+                    std::thread::sleep(backoff);
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("POST {url} (after {ATTEMPTS} attempts)")),
+            };
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let value: Value = response
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("POST {url}: the answer is not JSON ({status})"))?;
+            if status.is_success() {
+                return Ok(value);
+            }
             let message = value["error"]["message"].as_str().unwrap_or("no message");
+            let transient = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
+            if transient && attempt < ATTEMPTS {
+                let wait = retry_after.unwrap_or(backoff).min(Duration::from_secs(60));
+                eprintln!("POST {url}: {status}: {message}; retrying in {} s", wait.as_secs());
+                std::thread::sleep(wait);
+                continue;
+            }
             bail!("POST {url}: {status}: {message}");
         }
-        Ok(value)
     }
 
     /// One user message, greedy, at most `max_tokens` out.

@@ -27,7 +27,9 @@ pub enum Suite {
     Niah,
     /// Variable tracking: `VAR X = VAR Y` chains.
     Vt,
-    /// Both.
+    /// Common-word extraction.
+    Cwe,
+    /// All of the above.
     Ruler,
     /// The user's data (`--data FILE`): one `{"context", "question",
     /// "answers", "task": "qa" | "summarization"}` per line.
@@ -39,7 +41,10 @@ impl Suite {
         match self {
             Self::Niah => &[Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue],
             Self::Vt => &[Task::VariableTracking],
-            Self::Ruler => &[Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue, Task::VariableTracking],
+            Self::Cwe => &[Task::CommonWords],
+            Self::Ruler => {
+                &[Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue, Task::VariableTracking, Task::CommonWords]
+            }
             Self::Jsonl => &[],
         }
     }

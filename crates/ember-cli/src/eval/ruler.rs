@@ -1,7 +1,8 @@
 //! RULER-style synthetic long-context tasks (Hsieh et al. 2024,
-//! arXiv:2404.06654; templates after NVIDIA/RULER's `synthetic/niah.py` and
-//! `variable_tracking.py`): needles in a haystack of repeated filler, asked
-//! for by key, and variable-assignment chains to follow. Everything is
+//! arXiv:2404.06654; templates after NVIDIA/RULER's `synthetic/niah.py`,
+//! `variable_tracking.py` and `common_words_extraction.py`): needles in a
+//! haystack of repeated filler, asked for by key, variable-assignment
+//! chains to follow, and the most frequent words of a long list. Everything is
 //! generated from a seed, and the haystack is sized by a token counter, so a
 //! task at a given length is the same text on every run and every server.
 
@@ -52,7 +53,17 @@ pub enum Task {
     /// A chain of `VAR X = VAR Y` assignments from one number; the question
     /// asks for every variable that ends up holding it.
     VariableTracking,
+    /// A numbered list in which 10 words appear `COMMON_REPEATS` times and
+    /// the rest `RARE_REPEATS` times; the question asks for the 10.
+    CommonWords,
 }
+
+/// How often each common and each rare word appears in `CommonWords`.
+/// RULER repeats common words 30 times; 10 keeps the task inside a
+/// 1K-token context, and the list grows with rare words only.
+const COMMON_REPEATS: usize = 10;
+const RARE_REPEATS: usize = 3;
+const COMMON_WORDS: usize = 10;
 
 impl Task {
     pub fn name(self) -> &'static str {
@@ -61,6 +72,7 @@ impl Task {
             Self::NiahMultiKey => "niah_multikey",
             Self::NiahMultiValue => "niah_multivalue",
             Self::VariableTracking => "vt",
+            Self::CommonWords => "cwe",
         }
     }
 }
@@ -83,6 +95,8 @@ pub struct Plan {
     question: String,
     answers: Vec<String>,
     important: bool,
+    /// Seeds the rare words and the order of a `CommonWords` list.
+    list_seed: u64,
 }
 
 impl Plan {
@@ -139,6 +153,13 @@ impl Plan {
                 );
                 (needles, question, names)
             }
+            Task::CommonWords => {
+                let common = distinct(&mut rng, COMMON_WORDS, made_up_word);
+                let question = format!(
+                    "What are the {COMMON_WORDS} most common words in the above list? Answer with the words only."
+                );
+                (Vec::new(), question, common)
+            }
         };
         Self {
             task,
@@ -146,11 +167,43 @@ impl Plan {
             question,
             answers,
             important,
+            list_seed: rng.random(),
         }
     }
 
-    /// The sample with `units` filler units around the needles.
+    /// The numbered word list of a `CommonWords` sample with `rare` rare words.
+    fn word_list(&self, rare: usize) -> String {
+        let mut rng = StdRng::seed_from_u64(self.list_seed);
+        let mut words: Vec<String> = Vec::new();
+        for word in &self.answers {
+            words.extend(std::iter::repeat_n(word.clone(), COMMON_REPEATS));
+        }
+        let mut seen: std::collections::HashSet<String> = self.answers.iter().cloned().collect();
+        while seen.len() < self.answers.len() + rare {
+            let word = made_up_word(&mut rng);
+            if seen.insert(word.clone()) {
+                words.extend(std::iter::repeat_n(word, RARE_REPEATS));
+            }
+        }
+        // Fisher-Yates with the sample's own generator: the same list every run.
+        for i in (1..words.len()).rev() {
+            words.swap(i, rng.random_range(0..=i));
+        }
+        words.iter().enumerate().map(|(i, w)| format!("{}. {w}", i + 1)).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The sample with `units` filler units around the needles (rare words,
+    /// for `CommonWords`).
     pub fn render(&self, units: usize) -> Sample {
+        if self.task == Task::CommonWords {
+            let intro = "Below is a numbered list of words. In these words, some appear more often than others. \
+                         Memorize the ones that appear most often.";
+            return Sample {
+                prompt: format!("{intro}\n{}\n{}", self.word_list(units), self.question),
+                answers: self.answers.clone(),
+                depth: 0.0,
+            };
+        }
         let mut placed: Vec<(usize, String)> = self
             .needles
             .iter()
@@ -210,6 +263,20 @@ impl Plan {
     }
 }
 
+/// A pronounceable nonsense word of three syllables ("tamoki"): one
+/// tokenizer-neutral vocabulary for `CommonWords`, unlike any real word's
+/// frequency in the model's training data.
+fn made_up_word(rng: &mut StdRng) -> String {
+    const CONSONANTS: &[u8] = b"bdfgklmnprstvz";
+    const VOWELS: &[u8] = b"aeiou";
+    (0..3)
+        .flat_map(|_| {
+            [CONSONANTS[rng.random_range(0..CONSONANTS.len())], VOWELS[rng.random_range(0..VOWELS.len())]]
+        })
+        .map(char::from)
+        .collect()
+}
+
 fn question_for(kind: ValueKind, key: &str) -> String {
     format!(
         "What are all the special magic {} for {key} mentioned in the provided text? Answer with the values only.",
@@ -262,7 +329,8 @@ pub fn string_match_all(prediction: &str, answers: &[String]) -> f64 {
 mod tests {
     use super::*;
 
-    const TASKS: [Task; 4] = [Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue, Task::VariableTracking];
+    const TASKS: [Task; 5] =
+        [Task::NiahSingle, Task::NiahMultiKey, Task::NiahMultiValue, Task::VariableTracking, Task::CommonWords];
 
     #[test]
     fn samples_are_deterministic_and_hold_their_answers() {
@@ -310,5 +378,16 @@ mod tests {
         assert_eq!(string_match_all("the values are 1234567 and brave-falcon", &answers), 1.0);
         assert_eq!(string_match_all("1234567", &answers), 0.5);
         assert_eq!(string_match_all("nothing", &answers), 0.0);
+    }
+
+    #[test]
+    fn common_words_appear_most_often() {
+        let sample = Plan::new(Task::CommonWords, 5, 1, false).render(40);
+        let count = |word: &str| sample.prompt.matches(&format!(". {word} ")).count() + usize::from(sample.prompt.contains(&format!(". {word}\n")));
+        assert_eq!(sample.answers.len(), COMMON_WORDS);
+        for word in &sample.answers {
+            assert_eq!(count(word), COMMON_REPEATS, "{word}");
+        }
+        assert!(sample.prompt.contains(&format!("{}. ", COMMON_WORDS * COMMON_REPEATS + 40 * RARE_REPEATS)));
     }
 }

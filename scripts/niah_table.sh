@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Needle-in-a-haystack and variable tracking (`ember eval --suite ruler`)
+# Needles in a haystack, variable tracking and common words (`ember eval --suite ruler`)
 # through the HTTP API of `ember serve` on the default model (8K window),
 # dense against sparse attention, with and without the needles marked
 # [IMPORTANT]. One server per setting on a free loopback port.

@@ -87,10 +87,12 @@ fn jsonl_scores_are_the_hand_computed_ones() -> anyhow::Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["eval", "--base-url", &format!("http://127.0.0.1:{port}/v1"), "--model", "stub", "--suite", "jsonl"])
         .args(["--data", data.to_str().unwrap_or_default(), "--json", out_path.to_str().unwrap_or_default()])
+        .args(["--concurrency", "2"])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("503") && stderr.contains("retrying"), "the busy answer is retried: {stderr}");
+    assert!(stderr.contains("eval: 3 rows, 3 requests"), "the summary line: {stderr}");
     let table = String::from_utf8(out.stdout)?;
     assert!(table.contains("| qa | 100 | f1 | 0.75 | 2 |"), "{table}");
     let rows: Vec<Value> = std::fs::read_to_string(&out_path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;

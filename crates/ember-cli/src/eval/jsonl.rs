@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::Row;
 use super::client::Client;
+use super::{Row, parallel_map};
 use super::metrics::{exact_match, rouge_l, token_f1};
 
 #[derive(Debug, Deserialize)]
@@ -71,25 +71,37 @@ struct Totals {
     seconds: f64,
 }
 
-pub fn run(client: &Client, data: &Path, max_tokens: usize) -> Result<Vec<Row>> {
+pub fn run(client: &Client, data: &Path, max_tokens: usize, concurrency: usize) -> Result<Vec<Row>> {
     let text = std::fs::read_to_string(data).with_context(|| format!("cannot read {}", data.display()))?;
-    let mut totals: Vec<(Kind, Totals)> = Vec::new();
+    let mut lines = Vec::new();
     for (number, raw) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let line: Line = serde_json::from_str(raw).with_context(|| format!("{}:{}", data.display(), number + 1))?;
         if line.answers.is_empty() {
             bail!("{}:{}: `answers` is empty", data.display(), number + 1);
         }
-        let answer = client.chat(&line.task.prompt(&line), max_tokens)?;
-        let position = match totals.iter().position(|(k, _)| *k == line.task) {
+        lines.push((number + 1, line));
+    }
+    let answered = parallel_map(&lines, concurrency, |(number, line)| {
+        let answer = client.chat(&line.task.prompt(line), max_tokens)?;
+        let scores: Vec<f64> = line.task.metrics().iter().map(|(_, score)| score(&answer.text, &line.answers)).collect();
+        eprintln!(
+            "{} line {number}: {scores:.2?} in {:.1} s: {:?}",
+            line.task.name(),
+            answer.elapsed.as_secs_f64(),
+            answer.text.chars().take(80).collect::<String>()
+        );
+        Ok((line.task, scores, answer))
+    })?;
+    let mut totals: Vec<(Kind, Totals)> = Vec::new();
+    for (task, scores, answer) in answered {
+        let position = match totals.iter().position(|(k, _)| *k == task) {
             Some(p) => p,
             None => {
-                totals.push((line.task, Totals::default()));
+                totals.push((task, Totals::default()));
                 totals.len() - 1
             }
         };
         let t = &mut totals[position].1;
-        let scores: Vec<f64> = line.task.metrics().iter().map(|(_, score)| score(&answer.text, &line.answers)).collect();
-        eprintln!("{} line {}: {scores:.2?} in {:.1} s: {:?}", line.task.name(), number + 1, answer.elapsed.as_secs_f64(), answer.text.chars().take(80).collect::<String>());
         t.scores.resize(scores.len(), 0.0);
         t.scores.iter_mut().zip(&scores).for_each(|(sum, s)| *sum += s);
         t.n += 1;

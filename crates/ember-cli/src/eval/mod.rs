@@ -15,7 +15,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 
 use client::Client;
@@ -66,6 +69,10 @@ pub struct EvalArgs {
     /// Samples per task and length.
     #[arg(long, default_value_t = 4)]
     samples: usize,
+    /// Requests in flight at once (samples of one task and length, or
+    /// lines of `--data`).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Wrap every needle in `[IMPORTANT]` ... `[/IMPORTANT]` (global spans
@@ -103,12 +110,13 @@ struct Row {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.samples == 0 || args.lengths.is_empty() {
-        bail!("--samples and --lengths must not be empty");
+    if args.samples == 0 || args.lengths.is_empty() || args.concurrency == 0 {
+        bail!("--samples, --lengths and --concurrency must not be empty or 0");
     }
+    let started = std::time::Instant::now();
     let client = Client::new(&args.base_url, &args.model, args.api_key.clone(), Duration::from_secs(args.timeout));
     let rows = match (args.suite, &args.data) {
-        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, args.max_tokens)?,
+        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, args.max_tokens, args.concurrency)?,
         (Suite::Jsonl, None) => bail!("--suite jsonl needs --data FILE"),
         (_, Some(_)) => bail!("--data goes with --suite jsonl"),
         _ => synthetic(&args, &client)?,
@@ -124,7 +132,35 @@ pub fn run(args: EvalArgs) -> Result<()> {
             writeln!(file, "{line}")?;
         }
     }
+    // A task's metrics share its requests: count each task and length once.
+    let mut seen = std::collections::HashSet::new();
+    let requests: usize = rows.iter().filter(|r| seen.insert((r.task.clone(), r.length))).map(|r| r.n).sum();
+    let mean = rows.iter().map(|r| r.score).sum::<f64>() / rows.len().max(1) as f64;
+    eprintln!("eval: {} rows, {requests} requests, mean score {mean:.2}, {:.1} s", rows.len(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `work` on every item, `workers` at a time; the results in item order,
+/// or the first error among them.
+fn parallel_map<T: Sync, R: Send>(items: &[T], workers: usize, work: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<R>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = work(item);
+                    if let Ok(mut all) = results.lock() {
+                        all[i] = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    let all = results.into_inner().map_err(|_| anyhow!("an eval worker panicked"))?;
+    all.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow!("an eval worker stopped early")))).collect()
 }
 
 /// The RULER-style suites: every task at every length.
@@ -135,8 +171,8 @@ fn synthetic(args: &EvalArgs, client: &Client) -> Result<Vec<Row>> {
             bail!("length {length} leaves no room for a prompt next to --max-tokens {}", args.max_tokens);
         };
         for &task in args.suite.tasks() {
-            let (mut score, mut elapsed, mut tokens, mut answer_tokens) = (0.0, 0.0, 0usize, 0usize);
-            for index in 0..args.samples {
+            let indices: Vec<usize> = (0..args.samples).collect();
+            let outcomes = parallel_map(&indices, args.concurrency, |&index| {
                 let plan = Plan::new(task, args.seed, index, args.important);
                 let sample = plan.fit(budget, |prompt| client.count_tokens(prompt))?;
                 let answer = client.chat(&sample.prompt, args.max_tokens)?;
@@ -149,6 +185,10 @@ fn synthetic(args: &EvalArgs, client: &Client) -> Result<Vec<Row>> {
                     answer.prompt_tokens,
                     answer.text.chars().take(80).collect::<String>()
                 );
+                Ok((got, answer))
+            })?;
+            let (mut score, mut elapsed, mut tokens, mut answer_tokens) = (0.0, 0.0, 0usize, 0usize);
+            for (got, answer) in outcomes {
                 score += got;
                 elapsed += answer.elapsed.as_secs_f64();
                 tokens += answer.prompt_tokens + answer.completion_tokens;

@@ -21,6 +21,7 @@ mod scheduler;
 pub mod stop;
 pub mod stream;
 pub mod structured;
+pub mod text_side;
 pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, RenderOptions};
@@ -34,4 +35,5 @@ pub use metrics::{EngineObserver, StatsSnapshot, StepReport};
 pub use request::{EmbeddingRequest, FinishReason, GenerationEvent, GenerationRequest, Pooling, Usage};
 pub use sampling::{LogitsProcessor, LogitsProcessorFactory, SamplingParams, TokenLogprob};
 pub use structured::{CompiledGrammar, Grammar, GrammarCompiler};
+pub use text_side::TextSide;
 pub use tokenizer::TextTokenizer;

@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::chat_template::ChatTemplate;
 use crate::error::{EngineError, Result};
 use crate::generation_defaults::GenerationDefaults;
-use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::important::{self, MarkerPolicy};
 use crate::request::Pooling;
 use crate::structured::GrammarCompiler;
+use crate::text_side::TextSide;
 use crate::tokenizer::TextTokenizer;
 
 /// The token that closes a ChatML turn; a stop token in chat mode.
@@ -144,17 +144,7 @@ impl LoadedModel {
 
     fn from_dir(dir: &Path, device: &Device, dtype: DType, options: LoadOptions) -> Result<Self> {
         let model = CausalLm::from_dir_with(dir, device, dtype, options)?;
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = if tokenizer_path.is_file() {
-            Some(TextTokenizer::from_file(&tokenizer_path)?)
-        } else {
-            None
-        };
-        let config_path = dir.join("tokenizer_config.json");
-        let chat_template = match read_json(&config_path)? {
-            Some(config) => template_from_tokenizer_config(&config, &config_path)?,
-            None => None,
-        };
+        let TextSide { tokenizer, chat_template } = TextSide::of_dir(dir)?;
         let mut eos_token_ids = model.config().eos_token_ids.clone();
         let generation_path = dir.join("generation_config.json");
         let mut generation_defaults = GenerationDefaults::default();
@@ -191,32 +181,7 @@ impl LoadedModel {
         let file = GgufFile::open(path)?;
         let model = CausalLm::from_gguf_with(&file, device, dtype, options)?;
         let meta = file.metadata();
-        // A GGUF without tokenizer metadata still runs on token ids.
-        let tokenizer = if meta.contains_key("tokenizer.ggml.model") {
-            let built = tokenizer_from_gguf(meta).map_err(|source| EngineError::GgufTokenizer {
-                path: path.to_owned(),
-                source,
-            })?;
-            Some(TextTokenizer::from_tokenizer(built))
-        } else {
-            None
-        };
-        let token_text = |key: &str| {
-            meta.get(key)
-                .and_then(MetadataValue::as_u64)
-                .and_then(|id| tokenizer.as_ref()?.token_text(u32::try_from(id).ok()?))
-                .unwrap_or_default()
-        };
-        let chat_template = match meta.get("tokenizer.chat_template").and_then(MetadataValue::as_str) {
-            Some(source) => Some(
-                ChatTemplate::new(source, &token_text("tokenizer.ggml.bos_token_id"), &token_text("tokenizer.ggml.eos_token_id"))
-                    .map_err(|source| EngineError::Template {
-                        path: path.to_owned(),
-                        source,
-                    })?,
-            ),
-            None => None,
-        };
+        let TextSide { tokenizer, chat_template } = TextSide::of_gguf(path, meta)?;
         let info = ModelInfo {
             tokenizer: tokenizer.map(Arc::new),
             chat_template,
@@ -250,7 +215,7 @@ fn gguf_pooling(meta: &std::collections::HashMap<String, MetadataValue>) -> Opti
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
+pub(crate) fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }

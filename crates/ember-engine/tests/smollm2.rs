@@ -129,3 +129,23 @@ fn fast_path_logits_match_the_generic_path() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `TextSide` read from the GGUF alone (what `ember eval --tokenizer`
+/// counts with) gives a one-message chat as many tokens as transformers.
+#[test]
+fn the_text_side_alone_counts_a_user_message_like_transformers() -> anyhow::Result<()> {
+    let (_, reference) = load()?;
+    let side = ember_engine::TextSide::open(&default_model_path())?;
+    let mut checked = 0;
+    for chat in &reference.chats {
+        if let [message] = chat.messages.as_slice()
+            && message["role"] == "user"
+        {
+            let content = message["content"].as_str().unwrap_or_default();
+            assert_eq!(side.count_user_message(content)?, chat.prompt_ids.len(), "{content}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "the reference has a one-message chat");
+    Ok(())
+}

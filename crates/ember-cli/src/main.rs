@@ -11,6 +11,9 @@ mod engine_args;
 mod eval;
 mod generate;
 mod model_args;
+mod openai_client;
+mod parallel;
+mod progress;
 mod serve;
 
 use clap::{Parser, Subcommand};

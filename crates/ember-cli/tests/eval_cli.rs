@@ -1,14 +1,18 @@
-//! `ember eval --suite jsonl` against a stub OpenAI server on loopback that
-//! answers each question with a fixed text: the scores must come out as
-//! computed by hand, and a busy answer (503) is retried.
+//! `ember eval` against a stub OpenAI server on loopback that answers with
+//! known texts: the scores must come out as computed by hand, a busy answer
+//! (503) is retried, and `--resume` asks only for the samples `--out` lacks.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::process::Command;
-use std::sync::Arc;
+mod common;
+
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::stub::{Stub, chat_reply, tokenize_words, user_content};
 use serde_json::{Value, json};
+
+fn ember(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_ember")).args(args).output()
+}
 
 /// The stub's answer to a prompt: chosen by what the prompt asks.
 fn answer(prompt: &str) -> &'static str {
@@ -21,60 +25,15 @@ fn answer(prompt: &str) -> &'static str {
     }
 }
 
-/// Serves chat completions on `listener` until the test ends (keep-alive
-/// connections, one request after another); the first request gets a 503.
-fn serve(listener: TcpListener) {
-    let requests = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming().flatten() {
-        let requests = requests.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut writer = stream;
-            loop {
-                let mut length = 0usize;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let prompt = request["messages"][0]["content"].as_str().unwrap_or_default();
-                let (status, reply) = if requests.fetch_add(1, Ordering::Relaxed) == 0 {
-                    ("503 Service Unavailable\r\nRetry-After: 0", json!({"error": {"message": "busy", "type": "server_error"}}))
-                } else {
-                    let reply = json!({
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(prompt)}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
-                    });
-                    ("200 OK", reply)
-                };
-                let reply = reply.to_string();
-                let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
-                if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(reply.as_bytes())).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 #[test]
 fn jsonl_scores_are_the_hand_computed_ones() -> anyhow::Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || serve(listener));
+    let served = AtomicUsize::new(0);
+    let stub = Stub::start(move |_, body| {
+        if served.fetch_add(1, Ordering::Relaxed) == 0 {
+            return (503, json!({"error": {"message": "busy", "type": "server_error"}}));
+        }
+        (200, chat_reply(answer(user_content(body))))
+    })?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data.jsonl");
     let lines = [
@@ -83,19 +42,18 @@ fn jsonl_scores_are_the_hand_computed_ones() -> anyhow::Result<()> {
         json!({"context": "The report: revenue grew; costs fell.", "answers": ["revenue grew and costs fell"], "task": "summarization"}),
     ];
     std::fs::write(&data, lines.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"))?;
-    let out_path = dir.path().join("rows.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["eval", "--base-url", &format!("http://127.0.0.1:{port}/v1"), "--model", "stub", "--suite", "jsonl"])
-        .args(["--data", data.to_str().unwrap_or_default(), "--json", out_path.to_str().unwrap_or_default()])
-        .args(["--concurrency", "2"])
-        .output()?;
+    let rows_path = dir.path().join("rows.jsonl");
+    let out = ember(&[
+        "eval", "--base-url", &stub.base_url(), "--model", "stub", "--suite", "jsonl", "--concurrency", "2",
+        "--data", data.to_str().unwrap_or_default(), "--json", rows_path.to_str().unwrap_or_default(),
+    ])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("503") && stderr.contains("retrying"), "the busy answer is retried: {stderr}");
     assert!(stderr.contains("eval: 3 rows, 3 requests"), "the summary line: {stderr}");
     let table = String::from_utf8(out.stdout)?;
     assert!(table.contains("| qa | 100 | f1 | 0.75 | 2 |"), "{table}");
-    let rows: Vec<Value> = std::fs::read_to_string(&out_path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let rows: Vec<Value> = std::fs::read_to_string(&rows_path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let score = |task: &str, metric: &str| {
         rows.iter().find(|r| r["task"] == task && r["metric"] == metric).and_then(|r| r["score"].as_f64())
     };
@@ -108,9 +66,74 @@ fn jsonl_scores_are_the_hand_computed_ones() -> anyhow::Result<()> {
     assert!((score("summarization", "rouge_l").unwrap_or(0.0) - 0.4).abs() < 1e-12);
     assert!(rows.iter().all(|r| r["length"] == 100 && r["ms_per_token"].as_f64().is_some()));
 
-    let missing = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["eval", "--model", "stub", "--suite", "jsonl"])
-        .output()?;
+    let missing = ember(&["eval", "--model", "stub", "--suite", "jsonl"])?;
     assert_eq!(missing.status.code(), Some(1));
+    Ok(())
+}
+
+/// The value of the first needle ("... is: VALUE.") in a RULER prompt.
+fn first_needle(prompt: &str) -> String {
+    prompt
+        .split("is: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+#[test]
+fn resume_asks_only_for_what_the_out_file_lacks() -> anyhow::Result<()> {
+    // Tokens are words; the stub answers every needle question with the
+    // first needle's value, right for single-needle samples.
+    let stub = Stub::start(|path, body| match path {
+        "/tokenize" => (200, tokenize_words(body)),
+        _ => (200, chat_reply(&first_needle(user_content(body)))),
+    })?;
+    let dir = tempfile::tempdir()?;
+    let out_path = dir.path().join("samples.jsonl");
+    let base_url = stub.base_url();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["eval", "--base-url", &base_url, "--model", "stub", "--suite", "niah"];
+        args.extend(["--lengths", "300", "--samples", "3", "--max-tokens", "16"]);
+        args.extend(["--out", out_path.to_str().unwrap_or_default()]);
+        args.extend(extra);
+        ember(&args)
+    };
+    let first = run(&[])?;
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    let table = String::from_utf8(first.stdout.clone())?;
+    assert!(table.contains("| niah_single | 300 | string_match_all | 1.00 | 3 |"), "{table}");
+    let chats = |stub: &Stub| stub.bodies("/chat/completions").len();
+    assert_eq!(chats(&stub), 9, "three tasks, three samples each");
+    let records: Vec<Value> = std::fs::read_to_string(&out_path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(records.len(), 9);
+    assert!(records.iter().all(|r| r["run"]["seed"] == 0 && r["scores"]["string_match_all"].is_number()));
+    // A prompt fills its length: 300 tokens less the 16 for the answer.
+    let prompts = stub.bodies("/chat/completions");
+    assert!(prompts.iter().all(|b| (266..=284).contains(&user_content(b).split_whitespace().count())));
+
+    // An interrupted run: two records and half a line are left.
+    let text = std::fs::read_to_string(&out_path)?;
+    let kept: Vec<&str> = text.lines().take(2).collect();
+    std::fs::write(&out_path, format!("{}\n{}", kept.join("\n"), &text.lines().nth(2).unwrap_or_default()[..20]))?;
+    let resumed = run(&["--resume"])?;
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert_eq!(chats(&stub), 9 + 7, "only the seven missing samples are asked again");
+    assert!(stderr.contains("9 requests (7 now, 2 resumed)"), "{stderr}");
+    // The same scores (the timings are new).
+    let scores = |stdout: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(stdout).lines().map(|l| l.split('|').take(6).collect::<Vec<_>>().join("|")).collect()
+    };
+    assert_eq!(scores(&resumed.stdout), scores(&first.stdout));
+    assert_eq!(std::fs::read_to_string(&out_path)?.lines().count(), 9);
+
+    // Resuming another run's file is refused, and nothing is asked.
+    let other = run(&["--resume", "--seed", "1"])?;
+    assert_eq!(other.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("another run"), "{}", String::from_utf8_lossy(&other.stderr));
+    assert_eq!(chats(&stub), 16);
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! `--suite jsonl`: the user's long-document data, one
 //! `{"context", "question", "answers": [...], "task": "qa" | "summarization"}`
 //! per line. QA is scored by exact match and token F1, summarization by
-//! Rouge-L (`metrics`); one row per task and metric, its length the mean
-//! prompt tokens the server counted.
+//! Rouge-L (`metrics`); one record per line, in line order.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::client::Client;
-use super::{Row, parallel_map};
 use super::metrics::{exact_match, rouge_l, token_f1};
+use super::record::{Record, RecordLog, RunKey};
+use crate::openai_client::Client;
+use crate::parallel::parallel_map;
+use crate::progress::Progress;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,18 +62,7 @@ impl Kind {
     }
 }
 
-/// Per task: the summed scores of each metric and the request figures.
-#[derive(Default)]
-struct Totals {
-    scores: Vec<f64>,
-    n: usize,
-    prompt_tokens: usize,
-    tokens: usize,
-    answer_tokens: usize,
-    seconds: f64,
-}
-
-pub fn run(client: &Client, data: &Path, max_tokens: usize, concurrency: usize) -> Result<Vec<Row>> {
+pub fn run(client: &Client, data: &Path, run: &RunKey, log: &RecordLog, concurrency: usize) -> Result<Vec<Record>> {
     let text = std::fs::read_to_string(data).with_context(|| format!("cannot read {}", data.display()))?;
     let mut lines = Vec::new();
     for (number, raw) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -81,51 +72,41 @@ pub fn run(client: &Client, data: &Path, max_tokens: usize, concurrency: usize) 
         }
         lines.push((number + 1, line));
     }
-    let answered = parallel_map(&lines, concurrency, |(number, line)| {
-        let answer = client.chat(&line.task.prompt(line), max_tokens)?;
-        let scores: Vec<f64> = line.task.metrics().iter().map(|(_, score)| score(&answer.text, &line.answers)).collect();
-        eprintln!(
+    if lines.is_empty() {
+        bail!("{} holds no samples", data.display());
+    }
+    let progress = Progress::new(lines.len(), "eval");
+    parallel_map(&lines, concurrency, |(number, line)| {
+        if let Some(done) = log.done(&(line.task.name().to_owned(), None, *number)) {
+            progress.advance(1);
+            return Ok(done.clone());
+        }
+        let answer = client.chat(&line.task.prompt(line), run.max_tokens)?;
+        let scores: BTreeMap<String, f64> = line
+            .task
+            .metrics()
+            .iter()
+            .map(|(name, score)| ((*name).to_owned(), score(&answer.text, &line.answers)))
+            .collect();
+        progress.line(&format!(
             "{} line {number}: {scores:.2?} in {:.1} s: {:?}",
             line.task.name(),
             answer.elapsed.as_secs_f64(),
             answer.text.chars().take(80).collect::<String>()
-        );
-        Ok((line.task, scores, answer))
-    })?;
-    let mut totals: Vec<(Kind, Totals)> = Vec::new();
-    for (task, scores, answer) in answered {
-        let position = match totals.iter().position(|(k, _)| *k == task) {
-            Some(p) => p,
-            None => {
-                totals.push((task, Totals::default()));
-                totals.len() - 1
-            }
+        ));
+        let record = Record {
+            run: run.clone(),
+            task: line.task.name().to_owned(),
+            length: None,
+            index: *number,
+            scores,
+            prompt_tokens: answer.prompt_tokens,
+            completion_tokens: answer.completion_tokens,
+            seconds: answer.elapsed.as_secs_f64(),
+            answer: answer.text,
         };
-        let t = &mut totals[position].1;
-        t.scores.resize(scores.len(), 0.0);
-        t.scores.iter_mut().zip(&scores).for_each(|(sum, s)| *sum += s);
-        t.n += 1;
-        t.prompt_tokens += answer.prompt_tokens;
-        t.tokens += answer.prompt_tokens + answer.completion_tokens;
-        t.answer_tokens += answer.completion_tokens;
-        t.seconds += answer.elapsed.as_secs_f64();
-    }
-    if totals.is_empty() {
-        bail!("{} holds no samples", data.display());
-    }
-    let mut rows = Vec::new();
-    for (kind, t) in totals {
-        for ((metric, _), sum) in kind.metrics().iter().zip(&t.scores) {
-            rows.push(Row {
-                task: kind.name().to_owned(),
-                length: t.prompt_tokens / t.n,
-                metric,
-                score: sum / t.n as f64,
-                n: t.n,
-                ms_per_token: 1000.0 * t.seconds / t.tokens.max(1) as f64,
-                tokens_per_s: t.answer_tokens as f64 / t.seconds.max(f64::EPSILON),
-            });
-        }
-    }
-    Ok(rows)
+        log.write(&record)?;
+        progress.advance(1);
+        Ok(record)
+    })
 }

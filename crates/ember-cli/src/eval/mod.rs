@@ -4,24 +4,26 @@
 //! Prints a Markdown table (task, length, metric, score, n, ms/token,
 //! output tok/s) and writes one JSON object per row with `--json`.
 //! `--suite jsonl` scores the user's own long-document QA and summarization
-//! data instead (`metrics`).
+//! data instead (`metrics`). Every answered sample goes to `--out` at once,
+//! and `--resume` continues from there (`record`).
 
-mod client;
 mod jsonl;
 pub mod metrics;
+mod record;
 pub mod ruler;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use serde_json::json;
 
-use client::Client;
+use crate::openai_client::{Client, TokenCounter};
+use crate::parallel::parallel_map;
+use crate::progress::Progress;
+use record::{Record, RecordLog, RunKey};
 use ruler::{Plan, Task, string_match_all};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +92,17 @@ pub struct EvalArgs {
     /// Write one JSON object per row here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write one JSON object per answered sample here, as it comes in.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the samples `--out` already holds and ask only for the rest.
+    #[arg(long)]
+    resume: bool,
+    /// Count tokens with this local tokenizer (`tokenizer.json`, a model
+    /// directory or a GGUF file) instead of the server's `/tokenize`, for
+    /// servers without that route.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// The data of `--suite jsonl`.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -100,7 +113,7 @@ pub struct EvalArgs {
 struct Row {
     task: String,
     length: usize,
-    metric: &'static str,
+    metric: String,
     score: f64,
     n: usize,
     /// End-to-end milliseconds per token processed (prompt and answer).
@@ -115,12 +128,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let client = Client::new(&args.base_url, &args.model, args.api_key.clone(), Duration::from_secs(args.timeout));
-    let rows = match (args.suite, &args.data) {
-        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, args.max_tokens, args.concurrency)?,
+    let run = RunKey {
+        model: args.model.clone(),
+        suite: format!("{:?}", args.suite).to_lowercase(),
+        seed: args.seed,
+        important: args.important,
+        max_tokens: args.max_tokens,
+        data: args.data.as_ref().map(|d| d.display().to_string()),
+    };
+    let log = RecordLog::open(args.out.as_deref(), args.resume, &run)?;
+    if log.resumed() > 0 {
+        eprintln!("eval: {} samples of this run read back from --out", log.resumed());
+    }
+    let records = match (args.suite, &args.data) {
+        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, &run, &log, args.concurrency)?,
         (Suite::Jsonl, None) => bail!("--suite jsonl needs --data FILE"),
         (_, Some(_)) => bail!("--data goes with --suite jsonl"),
-        _ => synthetic(&args, &client)?,
+        _ => synthetic(&args, &client, &run, &log)?,
     };
+    let rows = rows(&records);
     print!("{}", table(&rows));
     if let Some(path) = &args.json {
         let mut file = std::fs::File::create(path)?;
@@ -132,80 +158,101 @@ pub fn run(args: EvalArgs) -> Result<()> {
             writeln!(file, "{line}")?;
         }
     }
-    // A task's metrics share its requests: count each task and length once.
-    let mut seen = std::collections::HashSet::new();
-    let requests: usize = rows.iter().filter(|r| seen.insert((r.task.clone(), r.length))).map(|r| r.n).sum();
     let mean = rows.iter().map(|r| r.score).sum::<f64>() / rows.len().max(1) as f64;
-    eprintln!("eval: {} rows, {requests} requests, mean score {mean:.2}, {:.1} s", rows.len(), started.elapsed().as_secs_f64());
+    let reused = log.reused();
+    eprintln!(
+        "eval: {} rows, {} requests ({} now, {reused} resumed), mean score {mean:.2}, {:.1} s",
+        rows.len(),
+        records.len(),
+        records.len() - reused,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-/// `work` on every item, `workers` at a time; the results in item order,
-/// or the first error among them.
-fn parallel_map<T: Sync, R: Send>(items: &[T], workers: usize, work: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<R>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, items.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let result = work(item);
-                    if let Ok(mut all) = results.lock() {
-                        all[i] = Some(result);
-                    }
-                }
-            });
-        }
-    });
-    let all = results.into_inner().map_err(|_| anyhow!("an eval worker panicked"))?;
-    all.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow!("an eval worker stopped early")))).collect()
-}
-
-/// The RULER-style suites: every task at every length.
-fn synthetic(args: &EvalArgs, client: &Client) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+/// The RULER-style suites: every task at every length, the records in
+/// that order.
+fn synthetic(args: &EvalArgs, client: &Client, run: &RunKey, log: &RecordLog) -> Result<Vec<Record>> {
+    let counter = TokenCounter::new(client, args.tokenizer.as_deref())?;
+    let tasks = args.suite.tasks();
+    let progress = Progress::new(args.lengths.len() * tasks.len() * args.samples, "eval");
+    let mut records = Vec::new();
     for &length in &args.lengths {
         let Some(budget) = length.checked_sub(args.max_tokens).filter(|b| *b > 0) else {
             bail!("length {length} leaves no room for a prompt next to --max-tokens {}", args.max_tokens);
         };
-        for &task in args.suite.tasks() {
+        for &task in tasks {
+            progress.set_label(&format!("{} {length}", task.name()));
             let indices: Vec<usize> = (0..args.samples).collect();
-            let outcomes = parallel_map(&indices, args.concurrency, |&index| {
+            let cell = parallel_map(&indices, args.concurrency, |&index| {
+                if let Some(done) = log.done(&(task.name().to_owned(), Some(length), index)) {
+                    progress.advance(1);
+                    return Ok(done.clone());
+                }
                 let plan = Plan::new(task, args.seed, index, args.important);
-                let sample = plan.fit(budget, |prompt| client.count_tokens(prompt))?;
+                let sample = plan.fit(budget, |prompt| counter.user_message(prompt))?;
                 let answer = client.chat(&sample.prompt, args.max_tokens)?;
                 let got = string_match_all(&answer.text, &sample.answers);
-                eprintln!(
+                progress.line(&format!(
                     "{} {length} #{index} depth {:.2}: {got:.2} in {:.1} s ({} prompt tokens): {:?}",
                     task.name(),
                     sample.depth,
                     answer.elapsed.as_secs_f64(),
                     answer.prompt_tokens,
                     answer.text.chars().take(80).collect::<String>()
-                );
-                Ok((got, answer))
+                ));
+                let record = Record {
+                    run: run.clone(),
+                    task: task.name().to_owned(),
+                    length: Some(length),
+                    index,
+                    scores: BTreeMap::from([("string_match_all".to_owned(), got)]),
+                    prompt_tokens: answer.prompt_tokens,
+                    completion_tokens: answer.completion_tokens,
+                    seconds: answer.elapsed.as_secs_f64(),
+                    answer: answer.text,
+                };
+                log.write(&record)?;
+                progress.advance(1);
+                Ok(record)
             })?;
-            let (mut score, mut elapsed, mut tokens, mut answer_tokens) = (0.0, 0.0, 0usize, 0usize);
-            for (got, answer) in outcomes {
-                score += got;
-                elapsed += answer.elapsed.as_secs_f64();
-                tokens += answer.prompt_tokens + answer.completion_tokens;
-                answer_tokens += answer.completion_tokens;
-            }
+            records.extend(cell);
+        }
+    }
+    Ok(records)
+}
+
+/// One row per task, length and metric, in the order each task and length
+/// first appears. A row's length is the target length of synthetic
+/// samples, or the mean prompt tokens of `--data` lines.
+fn rows(records: &[Record]) -> Vec<Row> {
+    let mut groups: Vec<Vec<&Record>> = Vec::new();
+    for record in records {
+        match groups.iter_mut().find(|g| g[0].task == record.task && g[0].length == record.length) {
+            Some(group) => group.push(record),
+            None => groups.push(vec![record]),
+        }
+    }
+    let mut rows = Vec::new();
+    for group in groups {
+        let n = group.len();
+        let seconds: f64 = group.iter().map(|r| r.seconds).sum();
+        let prompt_tokens: usize = group.iter().map(|r| r.prompt_tokens).sum();
+        let answer_tokens: usize = group.iter().map(|r| r.completion_tokens).sum();
+        for metric in group[0].scores.keys() {
+            let score: f64 = group.iter().map(|r| r.scores.get(metric).copied().unwrap_or(0.0)).sum();
             rows.push(Row {
-                task: task.name().to_owned(),
-                length,
-                metric: "string_match_all",
-                score: score / args.samples as f64,
-                n: args.samples,
-                ms_per_token: 1000.0 * elapsed / tokens.max(1) as f64,
-                tokens_per_s: answer_tokens as f64 / elapsed.max(f64::EPSILON),
+                task: group[0].task.clone(),
+                length: group[0].length.unwrap_or(prompt_tokens / n),
+                metric: metric.clone(),
+                score: score / n as f64,
+                n,
+                ms_per_token: 1000.0 * seconds / (prompt_tokens + answer_tokens).max(1) as f64,
+                tokens_per_s: answer_tokens as f64 / seconds.max(f64::EPSILON),
             });
         }
     }
-    Ok(rows)
+    rows
 }
 
 fn table(rows: &[Row]) -> String {

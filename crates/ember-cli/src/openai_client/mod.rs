@@ -1,7 +1,12 @@
-//! The few calls `ember eval` makes to an OpenAI-compatible server: chat
-//! completions, and `/tokenize` (Ember's and vLLM's) to size prompts with
-//! the served model's own tokenizer. Blocking HTTP through `ureq`: eval
-//! runs one request at a time per worker and needs nothing asynchronous.
+//! The few calls `ember eval` and `ember summarize` make to an
+//! OpenAI-compatible server: chat completions, and `/tokenize` (Ember's and
+//! vLLM's) to count with the served model's own tokenizer. Blocking HTTP
+//! through `ureq`: each worker thread has one request in flight and needs
+//! nothing asynchronous.
+
+mod tokens;
+
+pub use tokens::TokenCounter;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,9 @@ pub struct Client {
     base_url: String,
     model: String,
     api_key: Option<String>,
+    /// Sampling fields every chat request carries: greedy unless set.
+    temperature: f64,
+    frequency_penalty: f64,
 }
 
 /// One answer and what it cost.
@@ -26,6 +34,8 @@ pub struct Answer {
     pub text: String,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// `length` when `max_tokens` cut the answer.
+    pub finish_reason: String,
     pub elapsed: Duration,
 }
 
@@ -41,7 +51,17 @@ impl Client {
             base_url: base_url.trim_end_matches('/').to_owned(),
             model: model.to_owned(),
             api_key: api_key.filter(|k| !k.is_empty()),
+            temperature: 0.0,
+            frequency_penalty: 0.0,
         }
+    }
+
+    /// Chat requests with this `temperature` and `frequency_penalty`
+    /// (OpenAI's fields, which vLLM and llama.cpp's server take too).
+    pub fn with_sampling(mut self, temperature: f64, frequency_penalty: f64) -> Self {
+        self.temperature = temperature;
+        self.frequency_penalty = frequency_penalty;
+        self
     }
 
     /// POSTs `body`, retrying what a busy or restarting server answers
@@ -91,14 +111,17 @@ impl Client {
         }
     }
 
-    /// One user message, greedy, at most `max_tokens` out.
+    /// One user message, at most `max_tokens` out.
     pub fn chat(&self, prompt: &str, max_tokens: usize) -> Result<Answer> {
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
-            "temperature": 0,
+            "temperature": self.temperature,
         });
+        if self.frequency_penalty != 0.0 {
+            body["frequency_penalty"] = json!(self.frequency_penalty);
+        }
         let started = Instant::now();
         let value = self.post(&format!("{}/chat/completions", self.base_url), &body)?;
         let count = |field: &str| value["usage"][field].as_u64().unwrap_or(0) as usize;
@@ -106,16 +129,28 @@ impl Client {
             text: value["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned(),
             prompt_tokens: count("prompt_tokens"),
             completion_tokens: count("completion_tokens"),
+            finish_reason: value["choices"][0]["finish_reason"].as_str().unwrap_or_default().to_owned(),
             elapsed: started.elapsed(),
         })
     }
 
     /// Prompt tokens of one user message, through the chat template, as the
-    /// server counts them (`/tokenize` sits beside `/v1`).
-    pub fn count_tokens(&self, prompt: &str) -> Result<usize> {
+    /// server counts them.
+    pub fn count_user_message(&self, prompt: &str) -> Result<usize> {
+        self.tokenize(&json!({"model": self.model, "messages": [{"role": "user", "content": prompt}]}))
+    }
+
+    /// Tokens of `text` alone, without special tokens.
+    pub fn count_text(&self, text: &str) -> Result<usize> {
+        self.tokenize(&json!({"model": self.model, "prompt": text, "add_special_tokens": false}))
+    }
+
+    /// `/tokenize` sits beside `/v1`, on Ember and vLLM.
+    fn tokenize(&self, body: &Value) -> Result<usize> {
         let root = self.base_url.strip_suffix("/v1").unwrap_or(&self.base_url);
-        let body = json!({"model": self.model, "messages": [{"role": "user", "content": prompt}]});
-        let value = self.post(&format!("{root}/tokenize"), &body)?;
+        let value = self
+            .post(&format!("{root}/tokenize"), body)
+            .context("counting tokens with the server's /tokenize (Ember and vLLM have it; for other servers give --tokenizer FILE)")?;
         value["count"]
             .as_u64()
             .map(|n| n as usize)

@@ -15,6 +15,7 @@ mod openai_client;
 mod parallel;
 mod progress;
 mod serve;
+mod summarize;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Long-context quality against an OpenAI-compatible server (RULER-style tasks).
     Eval(eval::EvalArgs),
+    /// Summarize a long document, or answer a question from it, map-reduce
+    /// style against an OpenAI-compatible server.
+    Summarize(summarize::SummarizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Summarize(args) => summarize::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

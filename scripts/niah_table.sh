@@ -4,7 +4,7 @@
 # dense against sparse attention, with and without the needles marked
 # [IMPORTANT]. One server per setting on a free loopback port.
 #
-#   scripts/niah_table.sh [OUT.jsonl] [SAMPLES] [LENGTHS]
+#   scripts/niah_table.sh [OUT.jsonl] [SAMPLES] [LENGTHS] [SUITE]
 #
 # Appends the eval rows, each tagged with its "setting", to OUT.jsonl
 # (default docs/long_context_quality.jsonl).
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 out=${1:-docs/long_context_quality.jsonl}
 samples=${2:-2}
 lengths=${3:-1024,2048,4096,8192}
+suite=${4:-ruler}
 ember=${EMBER_BIN:-${CARGO_TARGET_DIR:-target}/release/ember}
 [ -x "$ember" ] || { echo "no ember binary at $ember (set EMBER_BIN or CARGO_TARGET_DIR)" >&2; exit 1; }
 
@@ -38,7 +39,7 @@ for setting in "${settings[@]}"; do
   done
   rows=$(mktemp)
   # shellcheck disable=SC2086
-  "$ember" eval --base-url "http://127.0.0.1:$port/v1" --model smollm2 --suite ruler \
+  "$ember" eval --base-url "http://127.0.0.1:$port/v1" --model smollm2 --suite "$suite" \
     --lengths "$lengths" --samples "$samples" --max-tokens 64 --json "$rows" $eval_flags >&2
   kill $server
   wait $server 2>/dev/null || true

@@ -62,6 +62,18 @@ fn document() -> String {
         .collect()
 }
 
+/// The stub, and the document in a temporary directory.
+fn setup() -> std::io::Result<(Stub, tempfile::TempDir, std::path::PathBuf)> {
+    let stub = Stub::start(|path, body| match path {
+        "/tokenize" => (200, tokenize_words(body)),
+        _ => (200, chat_reply(&reply(user_content(body)))),
+    })?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("doc.md");
+    std::fs::write(&file, document())?;
+    Ok((stub, dir, file))
+}
+
 fn summarize(stub: &Stub, file: &std::path::Path, chunk_tokens: &str, extra: &[&str]) -> std::io::Result<Output> {
     Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["summarize", file.to_str().unwrap_or_default(), "--base-url", &stub.base_url(), "--model", "stub"])
@@ -72,13 +84,7 @@ fn summarize(stub: &Stub, file: &std::path::Path, chunk_tokens: &str, extra: &[&
 
 #[test]
 fn chunks_merge_level_by_level_and_carry_the_important_span() -> anyhow::Result<()> {
-    let stub = Stub::start(|path, body| match path {
-        "/tokenize" => (200, tokenize_words(body)),
-        _ => (200, chat_reply(&reply(user_content(body)))),
-    })?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("doc.md");
-    std::fs::write(&file, document())?;
+    let (stub, dir, file) = setup()?;
     let out_path = dir.path().join("summary.md");
     let out = summarize(&stub, &file, "90", &["--out", out_path.to_str().unwrap_or_default()])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -108,13 +114,7 @@ fn chunks_merge_level_by_level_and_carry_the_important_span() -> anyhow::Result<
 
 #[test]
 fn a_question_is_answered_from_the_notes_that_hold_something() -> anyhow::Result<()> {
-    let stub = Stub::start(|path, body| match path {
-        "/tokenize" => (200, tokenize_words(body)),
-        _ => (200, chat_reply(&reply(user_content(body)))),
-    })?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("doc.md");
-    std::fs::write(&file, document())?;
+    let (stub, _dir, file) = setup()?;
     let out = summarize(&stub, &file, "90", &["--question", "What is the code?", "--frequency-penalty", "0.5"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -77,35 +77,23 @@ pub fn run(client: &Client, data: &Path, run: &RunKey, log: &RecordLog, concurre
     }
     let progress = Progress::new(lines.len(), "eval");
     parallel_map(&lines, concurrency, |(number, line)| {
-        if let Some(done) = log.done(&(line.task.name().to_owned(), None, *number)) {
-            progress.advance(1);
-            return Ok(done.clone());
-        }
-        let answer = client.chat(&line.task.prompt(line), run.max_tokens)?;
-        let scores: BTreeMap<String, f64> = line
-            .task
-            .metrics()
-            .iter()
-            .map(|(name, score)| ((*name).to_owned(), score(&answer.text, &line.answers)))
-            .collect();
-        progress.line(&format!(
-            "{} line {number}: {scores:.2?} in {:.1} s: {:?}",
-            line.task.name(),
-            answer.elapsed.as_secs_f64(),
-            answer.text.chars().take(80).collect::<String>()
-        ));
-        let record = Record {
-            run: run.clone(),
-            task: line.task.name().to_owned(),
-            length: None,
-            index: *number,
-            scores,
-            prompt_tokens: answer.prompt_tokens,
-            completion_tokens: answer.completion_tokens,
-            seconds: answer.elapsed.as_secs_f64(),
-            answer: answer.text,
-        };
-        log.write(&record)?;
+        let key = (line.task.name().to_owned(), None, *number);
+        let record = log.get_or_ask(&key, || {
+            let answer = client.chat(&line.task.prompt(line), run.max_tokens)?;
+            let scores: BTreeMap<String, f64> = line
+                .task
+                .metrics()
+                .iter()
+                .map(|(name, score)| ((*name).to_owned(), score(&answer.text, &line.answers)))
+                .collect();
+            progress.line(&format!(
+                "{} line {number}: {scores:.2?} in {:.1} s: {:?}",
+                line.task.name(),
+                answer.elapsed.as_secs_f64(),
+                answer.text.chars().take(80).collect::<String>()
+            ));
+            Ok(Record::new(run, key.clone(), scores, answer))
+        })?;
         progress.advance(1);
         Ok(record)
     })

@@ -185,34 +185,23 @@ fn synthetic(args: &EvalArgs, client: &Client, run: &RunKey, log: &RecordLog) ->
             progress.set_label(&format!("{} {length}", task.name()));
             let indices: Vec<usize> = (0..args.samples).collect();
             let cell = parallel_map(&indices, args.concurrency, |&index| {
-                if let Some(done) = log.done(&(task.name().to_owned(), Some(length), index)) {
-                    progress.advance(1);
-                    return Ok(done.clone());
-                }
-                let plan = Plan::new(task, args.seed, index, args.important);
-                let sample = plan.fit(budget, |prompt| counter.user_message(prompt))?;
-                let answer = client.chat(&sample.prompt, args.max_tokens)?;
-                let got = string_match_all(&answer.text, &sample.answers);
-                progress.line(&format!(
-                    "{} {length} #{index} depth {:.2}: {got:.2} in {:.1} s ({} prompt tokens): {:?}",
-                    task.name(),
-                    sample.depth,
-                    answer.elapsed.as_secs_f64(),
-                    answer.prompt_tokens,
-                    answer.text.chars().take(80).collect::<String>()
-                ));
-                let record = Record {
-                    run: run.clone(),
-                    task: task.name().to_owned(),
-                    length: Some(length),
-                    index,
-                    scores: BTreeMap::from([("string_match_all".to_owned(), got)]),
-                    prompt_tokens: answer.prompt_tokens,
-                    completion_tokens: answer.completion_tokens,
-                    seconds: answer.elapsed.as_secs_f64(),
-                    answer: answer.text,
-                };
-                log.write(&record)?;
+                let key = (task.name().to_owned(), Some(length), index);
+                let record = log.get_or_ask(&key, || {
+                    let plan = Plan::new(task, args.seed, index, args.important);
+                    let sample = plan.fit(budget, |prompt| counter.user_message(prompt))?;
+                    let answer = client.chat(&sample.prompt, args.max_tokens)?;
+                    let got = string_match_all(&answer.text, &sample.answers);
+                    progress.line(&format!(
+                        "{} {length} #{index}{}: {got:.2} in {:.1} s ({} prompt tokens): {:?}",
+                        task.name(),
+                        if task == Task::CommonWords { String::new() } else { format!(" depth {:.2}", sample.depth) },
+                        answer.elapsed.as_secs_f64(),
+                        answer.prompt_tokens,
+                        answer.text.chars().take(80).collect::<String>()
+                    ));
+                    let scores = BTreeMap::from([("string_match_all".to_owned(), got)]);
+                    Ok(Record::new(run, key.clone(), scores, answer))
+                })?;
                 progress.advance(1);
                 Ok(record)
             })?;

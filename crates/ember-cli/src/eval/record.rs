@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::openai_client::Answer;
+
 /// What makes two runs' samples the same samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunKey {
@@ -45,6 +47,22 @@ pub struct Record {
 pub type SampleKey = (String, Option<usize>, usize);
 
 impl Record {
+    /// The record of a sample `answer` answered, scored `scores`.
+    pub fn new(run: &RunKey, key: SampleKey, scores: BTreeMap<String, f64>, answer: Answer) -> Self {
+        let (task, length, index) = key;
+        Self {
+            run: run.clone(),
+            task,
+            length,
+            index,
+            scores,
+            prompt_tokens: answer.prompt_tokens,
+            completion_tokens: answer.completion_tokens,
+            seconds: answer.elapsed.as_secs_f64(),
+            answer: answer.text,
+        }
+    }
+
     pub fn key(&self) -> SampleKey {
         (self.task.clone(), self.length, self.index)
     }
@@ -122,11 +140,16 @@ impl RecordLog {
         })
     }
 
-    /// The record of a sample answered by an earlier run, counted as reused.
-    pub fn done(&self, key: &SampleKey) -> Option<&Record> {
-        let record = self.done.get(key)?;
-        self.reused.fetch_add(1, Ordering::Relaxed);
-        Some(record)
+    /// The sample's record: an earlier run's when `--out` holds it, else
+    /// the one `ask` makes, written to `--out` at once.
+    pub fn get_or_ask(&self, key: &SampleKey, ask: impl FnOnce() -> Result<Record>) -> Result<Record> {
+        if let Some(record) = self.done.get(key) {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(record.clone());
+        }
+        let record = ask()?;
+        self.write(&record)?;
+        Ok(record)
     }
 
     /// Records read back from `--out`.
@@ -140,7 +163,7 @@ impl RecordLog {
     }
 
     /// Appends `record` and flushes it to the file.
-    pub fn write(&self, record: &Record) -> Result<()> {
+    fn write(&self, record: &Record) -> Result<()> {
         let Some((path, file)) = &self.file else { return Ok(()) };
         let mut line = serde_json::to_string(record)?;
         line.push('\n');

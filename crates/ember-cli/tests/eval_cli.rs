@@ -68,6 +68,11 @@ fn jsonl_scores_are_the_hand_computed_ones() -> anyhow::Result<()> {
 
     let missing = ember(&["eval", "--model", "stub", "--suite", "jsonl"])?;
     assert_eq!(missing.status.code(), Some(1));
+    // Flags that only shape synthetic prompts are refused, not ignored.
+    let data_arg = data.to_str().unwrap_or_default();
+    let ignored = ember(&["eval", "--model", "stub", "--suite", "jsonl", "--data", data_arg, "--important"])?;
+    assert_eq!(ignored.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ignored.stderr).contains("--important"));
     Ok(())
 }
 

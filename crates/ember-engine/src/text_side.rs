@@ -40,9 +40,10 @@ impl TextSide {
             let file = GgufFile::open(path)?;
             return Self::of_gguf(path, file.metadata());
         }
-        let mut side = Self::of_dir(path.parent().unwrap_or(Path::new(".")))?;
-        side.tokenizer = Some(TextTokenizer::from_file(path)?);
-        Ok(side)
+        Ok(Self {
+            tokenizer: Some(TextTokenizer::from_file(path)?),
+            chat_template: template_in(path.parent().unwrap_or(Path::new(".")))?,
+        })
     }
 
     /// `tokenizer.json` and `tokenizer_config.json`'s template in `dir`,
@@ -54,12 +55,10 @@ impl TextSide {
         } else {
             None
         };
-        let config_path = dir.join("tokenizer_config.json");
-        let chat_template = match read_json(&config_path)? {
-            Some(config) => template_from_tokenizer_config(&config, &config_path)?,
-            None => None,
-        };
-        Ok(Self { tokenizer, chat_template })
+        Ok(Self {
+            tokenizer,
+            chat_template: template_in(dir)?,
+        })
     }
 
     /// The tokenizer and template a GGUF's metadata describes; `path` names
@@ -123,6 +122,15 @@ impl TextSide {
             })
             .map_err(|e| EngineError::Encode(format!("the chat template: {e}")))?;
         Ok(tokenizer.encode(&prompt, false)?.len())
+    }
+}
+
+/// The chat template of `dir/tokenizer_config.json`, when there is one.
+fn template_in(dir: &Path) -> Result<Option<ChatTemplate>> {
+    let config_path = dir.join("tokenizer_config.json");
+    match read_json(&config_path)? {
+        Some(config) => template_from_tokenizer_config(&config, &config_path),
+        None => Ok(None),
     }
 }
 

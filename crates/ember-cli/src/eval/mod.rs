@@ -141,8 +141,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         eprintln!("eval: {} samples of this run read back from --out", log.resumed());
     }
     let records = match (args.suite, &args.data) {
-        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, &run, &log, args.concurrency)?,
         (Suite::Jsonl, None) => bail!("--suite jsonl needs --data FILE"),
+        (Suite::Jsonl, _) if args.tokenizer.is_some() || args.important => {
+            bail!("--tokenizer and --important shape synthetic prompts; --suite jsonl sends its data as it is")
+        }
+        (Suite::Jsonl, Some(data)) => jsonl::run(&client, data, &run, &log, args.concurrency)?,
         (_, Some(_)) => bail!("--data goes with --suite jsonl"),
         _ => synthetic(&args, &client, &run, &log)?,
     };

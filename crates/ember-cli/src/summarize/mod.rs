@@ -158,17 +158,16 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         summarizer.ask(&prompt, &format!("chunk {}/{total}", index + 1), &progress)
     })?;
     drop(progress);
-    let mut levels = 0;
-    let result = if total == 1 {
-        parts.remove(0)
+    let (result, levels) = if total == 1 {
+        (parts.remove(0), 0)
     } else {
         if matches!(goal, Goal::Answer(_)) {
             parts.retain(|p| !p.trim_end_matches('.').eq_ignore_ascii_case(NOTHING_RELEVANT));
         }
         if parts.is_empty() {
-            "No part of the document holds anything that answers the question.".to_owned()
+            ("No part of the document holds anything that answers the question.".to_owned(), 0)
         } else {
-            merge(&summarizer, parts, budget, args.concurrency, &count, &mut levels)?
+            merge(&summarizer, parts, budget, args.concurrency, &count)?
         }
     };
 
@@ -197,23 +196,24 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
 }
 
 /// Merges `parts` in groups that fit `budget`, level by level, until one
-/// group is left, whose merge is the final reply. Counts the levels in
-/// `levels`.
+/// group is left, whose merge is the final reply; with the number of levels.
 fn merge(
     summarizer: &Summarizer,
     mut parts: Vec<String>,
     budget: usize,
     concurrency: usize,
     count: &impl Fn(&str) -> Result<usize>,
-    levels: &mut usize,
-) -> Result<String> {
+) -> Result<(String, usize)> {
+    let mut levels = 0;
     loop {
-        *levels += 1;
-        let groups = group(&parts, budget, count)?;
+        levels += 1;
+        let sizes = parts.iter().map(|p| count(p)).collect::<Result<Vec<usize>>>()?;
+        let groups = group(&sizes, budget);
         if groups.len() == 1 {
             let progress = Progress::new(1, "final merge");
             let prompt = prompts::merge(summarizer.goal, &summarizer.important, &parts, true);
-            return summarizer.ask(&prompt, &format!("level {levels} final merge of {}", parts.len()), &progress);
+            let text = summarizer.ask(&prompt, &format!("level {levels} final merge of {}", parts.len()), &progress)?;
+            return Ok((text, levels));
         }
         if groups.len() == parts.len() {
             bail!("no two partial summaries fit in one merge of {budget} tokens; raise --chunk-tokens or lower --summary-tokens");
@@ -232,23 +232,22 @@ fn merge(
     }
 }
 
-/// Consecutive runs of `parts` whose merged text fits `budget`, greedily.
-fn group(parts: &[String], budget: usize, count: &impl Fn(&str) -> Result<usize>) -> Result<Vec<std::ops::Range<usize>>> {
+/// Consecutive runs of parts of `sizes` tokens whose sum, with a part
+/// header each, fits `budget`, greedily (a part over it stands alone).
+fn group(sizes: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let mut start = 0;
-    while start < parts.len() {
+    while start < sizes.len() {
         let mut end = start + 1;
-        while end < parts.len() {
-            let body: usize = count(&parts[start..=end].join("\n\n"))? + (end + 1 - start) * PART_HEADER_TOKENS;
-            if body > budget {
-                break;
-            }
+        let mut body = sizes[start] + PART_HEADER_TOKENS;
+        while end < sizes.len() && body + sizes[end] + PART_HEADER_TOKENS <= budget {
+            body += sizes[end] + PART_HEADER_TOKENS;
             end += 1;
         }
         groups.push(start..end);
         start = end;
     }
-    Ok(groups)
+    groups
 }
 
 /// The text of every paired `[IMPORTANT]` ... `[/IMPORTANT]` span, in order,
@@ -282,11 +281,10 @@ mod tests {
 
     #[test]
     fn groups_fit_the_budget_and_keep_order() {
-        let words = |t: &str| -> Result<usize> { Ok(t.split_whitespace().count()) };
-        let parts: Vec<String> = (0..5).map(|i| format!("s{i} ").repeat(10)).collect();
-        // Each part is 10 words plus 16 for its header: two fit in 60, three do not.
-        let groups = group(&parts, 60, &words).unwrap_or_default();
-        assert_eq!(groups, [0..2, 2..4, 4..5]);
-        assert_eq!(group(&parts, 1000, &words).unwrap_or_default(), [0..5]);
+        // Each part is 10 tokens plus 16 for its header: two fit in 60, three do not.
+        assert_eq!(group(&[10; 5], 60), [0..2, 2..4, 4..5]);
+        assert_eq!(group(&[10; 5], 1000), [0..5]);
+        // A part over the budget stands alone, and the rest still group.
+        assert_eq!(group(&[10, 100, 10, 10], 60), [0..1, 1..2, 2..4]);
     }
 }
